@@ -1,0 +1,1 @@
+"""ModelLink-style LLM training framework on megatron-core."""

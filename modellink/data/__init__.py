@@ -1,0 +1,1 @@
+"""Tokenizers, preprocessing handlers, prompt templates, datasets and the demo corpus."""
