@@ -1,0 +1,386 @@
+"""The training command line: Megatron-LM's flag names and defaults plus ModelLink's extras.
+
+`parse_args()` returns a validated namespace with the derived sizes filled in (data-parallel
+size, padded vocabulary, per-stage layer counts). Every error is a one-line `ArgumentError`
+naming the flag at fault, raised before anything touches disk or the network.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from typing import List, Optional, Sequence
+
+from modellink.data.tokenizers import add_tokenizer_arguments
+
+
+class ArgumentError(ValueError):
+    """A bad command line; the message names the flag and the problem."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits with usage text; we want one line
+        raise ArgumentError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(description="modellink pretraining", allow_abbrev=False)
+    _add_model_args(parser)
+    _add_parallel_args(parser)
+    _add_training_args(parser)
+    _add_mixed_precision_args(parser)
+    _add_moe_args(parser)
+    _add_data_args(parser)
+    add_tokenizer_arguments(parser)
+    _add_checkpoint_args(parser)
+    _add_logging_args(parser)
+    _add_fused_op_args(parser)
+    return parser
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model")
+    g.add_argument("--num-layers", type=int, required=True)
+    g.add_argument("--hidden-size", type=int, required=True)
+    g.add_argument("--ffn-hidden-size", type=int, default=None,
+                   help="default: 4*hidden, or 8/3*hidden rounded to 64 with --swiglu")
+    g.add_argument("--num-attention-heads", type=int, required=True)
+    g.add_argument("--kv-channels", type=int, default=None)
+    g.add_argument("--group-query-attention", action="store_true")
+    g.add_argument("--num-query-groups", type=int, default=1)
+    g.add_argument("--seq-length", type=int, required=True)
+    g.add_argument("--max-position-embeddings", type=int, default=None)
+    g.add_argument("--position-embedding-type", default="learned_absolute",
+                   choices=["learned_absolute", "rope", "none"])
+    g.add_argument("--rotary-base", type=int, default=10000)
+    g.add_argument("--rotary-percent", type=float, default=1.0)
+    g.add_argument("--normalization", default="LayerNorm", choices=["LayerNorm", "RMSNorm"])
+    g.add_argument("--norm-epsilon", type=float, default=1e-5)
+    g.add_argument("--swiglu", action="store_true")
+    g.add_argument("--untie-embeddings-and-output-weights", action="store_true")
+    g.add_argument("--disable-bias-linear", action="store_false", dest="add_bias_linear")
+    g.add_argument("--add-qkv-bias", action="store_true",
+                   help="bias on the QKV projection even with --disable-bias-linear (Qwen)")
+    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
+    g.add_argument("--padded-vocab-size", type=int, default=None)
+    g.add_argument("--init-method-std", type=float, default=0.02)
+    g.add_argument("--attention-dropout", type=float, default=0.1)
+    g.add_argument("--hidden-dropout", type=float, default=0.1)
+    g.add_argument("--attention-softmax-in-fp32", action="store_true")
+    g.add_argument("--apply-query-key-layer-scaling", action="store_true")
+    g.add_argument("--no-masked-softmax-fusion", action="store_false",
+                   dest="masked_softmax_fusion")
+    g.add_argument("--use-mcore-models", action="store_true",
+                   help="accepted for script compatibility: megatron-core GPTModel is the only model")
+    g.add_argument("--transformer-impl", default="local", choices=["local"],
+                   help="megatron-core local layers with modellink operators (no Transformer Engine)")
+
+
+def _add_parallel_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("parallelism")
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    g.add_argument("--num-layers-per-virtual-pipeline-stage", type=int, default=None)
+    g.add_argument("--num-layer-list", type=str, default=None,
+                   help="comma-separated layer count per pipeline stage, e.g. 6,10")
+    g.add_argument("--sequence-parallel", action="store_true")
+    g.add_argument("--context-parallel-size", type=int, default=1)
+    g.add_argument("--expert-model-parallel-size", type=int, default=1)
+    g.add_argument("--use-distributed-optimizer", action="store_true")
+    g.add_argument("--overlap-grad-reduce", action="store_true")
+    g.add_argument("--overlap-param-gather", action="store_true")
+    g.add_argument("--ddp-bucket-size", type=int, default=None)
+    g.add_argument("--device", default="auto", choices=["auto", "npu", "cuda", "cpu"])
+    g.add_argument("--distributed-backend", default=None, choices=["nccl", "gloo", "hccl"],
+                   help="default follows --device: hccl on npu, nccl on cuda, gloo on cpu")
+    g.add_argument("--distributed-timeout-minutes", type=int, default=10)
+    g.add_argument("--local-rank", "--local_rank", type=int, default=None,
+                   help="set by older launchers; the LOCAL_RANK variable wins")
+
+
+def _add_training_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("training")
+    g.add_argument("--micro-batch-size", type=int, required=True)
+    g.add_argument("--global-batch-size", type=int, default=None)
+    g.add_argument("--train-iters", type=int, required=True)
+    g.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
+    g.add_argument("--lr", type=float, required=True)
+    g.add_argument("--min-lr", type=float, default=0.0)
+    g.add_argument("--lr-decay-style", default="linear",
+                   choices=["constant", "linear", "cosine", "inverse-square-root", "WSD"])
+    g.add_argument("--lr-decay-iters", type=int, default=None)
+    g.add_argument("--lr-warmup-fraction", type=float, default=None)
+    g.add_argument("--lr-warmup-iters", type=int, default=0)
+    g.add_argument("--lr-warmup-init", type=float, default=0.0)
+    g.add_argument("--lr-wsd-decay-style", default="exponential",
+                   choices=["exponential", "linear", "cosine"])
+    g.add_argument("--lr-wsd-decay-iters", type=int, default=None)
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--start-weight-decay", type=float, default=None)
+    g.add_argument("--end-weight-decay", type=float, default=None)
+    g.add_argument("--weight-decay-incr-style", default="constant",
+                   choices=["constant", "linear", "cosine"])
+    g.add_argument("--clip-grad", type=float, default=1.0)
+    g.add_argument("--adam-beta1", type=float, default=0.9)
+    g.add_argument("--adam-beta2", type=float, default=0.999)
+    g.add_argument("--adam-eps", type=float, default=1e-8)
+    g.add_argument("--sgd-momentum", type=float, default=0.9)
+    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--use-cpu-initialization", action="store_true",
+                   help="initialise every weight from its global name and seed, so any parallel "
+                        "layout starts from the same model")
+    g.add_argument("--recompute-granularity", default=None, choices=["full", "selective"])
+    g.add_argument("--recompute-method", default=None, choices=["uniform", "block"])
+    g.add_argument("--recompute-num-layers", type=int, default=None)
+    g.add_argument("--no-gradient-accumulation-fusion", action="store_false",
+                   dest="gradient_accumulation_fusion",
+                   help="accepted for script compatibility: weight-gradient fusion needs apex, so "
+                        "gradients are always accumulated by the unfused path")
+
+
+def _add_mixed_precision_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("mixed precision")
+    g.add_argument("--fp16", action="store_true")
+    g.add_argument("--bf16", action="store_true")
+    g.add_argument("--loss-scale", type=float, default=None, help="static loss scale (fp16)")
+    g.add_argument("--initial-loss-scale", type=float, default=2.0**32)
+    g.add_argument("--min-loss-scale", type=float, default=1.0)
+    g.add_argument("--loss-scale-window", type=float, default=1000)
+    g.add_argument("--hysteresis", type=int, default=2)
+    g.add_argument("--accumulate-allreduce-grads-in-fp32", action="store_true")
+
+
+def _add_moe_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("mixture of experts")
+    g.add_argument("--num-experts", type=int, default=None)
+    g.add_argument("--moe-ffn-hidden-size", type=int, default=None)
+    g.add_argument("--moe-router-topk", type=int, default=2)
+    g.add_argument("--moe-router-load-balancing-type", default="aux_loss",
+                   choices=["aux_loss", "seq_aux_loss", "sinkhorn", "none"])
+    g.add_argument("--moe-aux-loss-coeff", type=float, default=0.0)
+    g.add_argument("--moe-z-loss-coeff", type=float, default=None)
+    g.add_argument("--moe-token-dispatcher-type", default="allgather",
+                   choices=["allgather", "alltoall"])
+    g.add_argument("--moe-grouped-gemm", action="store_true")
+
+
+def _add_data_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("data")
+    g.add_argument("--data-path", nargs="*", default=None,
+                   help="prefixes, optionally weighted: 0.3 prefix_a 0.7 prefix_b")
+    g.add_argument("--split", default="969, 30, 1")
+    g.add_argument("--mock-data", action="store_true")
+    g.add_argument("--data-cache-path", default=None)
+    g.add_argument("--num-workers", type=int, default=0)
+    g.add_argument("--reset-position-ids", action="store_true")
+    g.add_argument("--reset-attention-mask", action="store_true")
+    g.add_argument("--eod-mask-loss", action="store_true")
+    g.add_argument("--no-mmap-bin-files", action="store_false", dest="mmap_bin_files")
+
+
+def _add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("checkpointing")
+    g.add_argument("--save", default=None)
+    g.add_argument("--load", default=None)
+    g.add_argument("--save-interval", type=int, default=None)
+    g.add_argument("--no-save-optim", action="store_true")
+    g.add_argument("--no-save-rng", action="store_true")
+    g.add_argument("--no-load-optim", action="store_true")
+    g.add_argument("--no-load-rng", action="store_true")
+    g.add_argument("--finetune", action="store_true",
+                   help="load model weights only and restart the iteration count at 0")
+    g.add_argument("--ckpt-format", default="torch", choices=["torch"],
+                   help="Megatron-LM's iter_XXXXXXX/mp_rank_XX/model_optim_rng.pt layout")
+
+
+def _add_logging_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("logging")
+    g.add_argument("--log-interval", type=int, default=100)
+    g.add_argument("--eval-interval", type=int, default=1000)
+    g.add_argument("--eval-iters", type=int, default=100)
+    g.add_argument("--log-throughput", action="store_true",
+                   help="accepted for script compatibility: throughput is always logged")
+
+
+def _add_fused_op_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("fused operators (ModelLink)")
+    g.add_argument("--use-flash-attn", action="store_true",
+                   help="fused attention: torch_npu on NPU, SDPA elsewhere")
+    g.add_argument("--use-fused-rmsnorm", action="store_true")
+    g.add_argument("--use-fused-swiglu", action="store_true")
+    g.add_argument("--use-fused-rotary-pos-emb", action="store_true")
+
+
+def parse_args(argv: Optional[Sequence[str]] = None, world_size: Optional[int] = None
+               ) -> argparse.Namespace:
+    """Parse and validate; `world_size` defaults to the WORLD_SIZE torchrun sets."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        raise ArgumentError(f"unrecognized arguments: {' '.join(unknown)}")
+    args.world_size = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", 1))
+    validate_args(args)
+    return args
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """Check sizes against each other and fill in the derived ones."""
+    _validate_parallel_sizes(args)
+    _validate_model_shape(args)
+    _validate_batch(args)
+    _validate_training(args)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ArgumentError(message)
+
+
+def _validate_parallel_sizes(args: argparse.Namespace) -> None:
+    tp, pp, cp = (args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
+                  args.context_parallel_size)
+    for name, value in (("--tensor-model-parallel-size", tp), ("--pipeline-model-parallel-size", pp),
+                        ("--context-parallel-size", cp),
+                        ("--expert-model-parallel-size", args.expert_model_parallel_size)):
+        _require(value >= 1, f"{name} must be >= 1, got {value}")
+    _require(cp == 1, "--context-parallel-size > 1 is not supported yet (no ring attention); use 1")
+    model_parallel = tp * pp * cp
+    _require(args.world_size % model_parallel == 0,
+             f"world size {args.world_size} is not divisible by tensor x pipeline x context "
+             f"parallel size {tp} x {pp} x {cp}")
+    args.data_parallel_size = args.world_size // model_parallel
+    ep = args.expert_model_parallel_size
+    if ep > 1:
+        _require(args.num_experts is not None, "--expert-model-parallel-size > 1 needs --num-experts")
+        _require(args.data_parallel_size * cp % ep == 0,
+                 f"--expert-model-parallel-size {ep} must divide data x context parallel size "
+                 f"{args.data_parallel_size * cp}")
+    if args.sequence_parallel and tp == 1:
+        args.sequence_parallel = False  # as Megatron-LM: sequence parallelism needs TP > 1
+    if args.num_experts is not None and tp > 1:
+        _require(args.sequence_parallel,
+                 "--num-experts with --tensor-model-parallel-size > 1 needs --sequence-parallel")
+    _require(not (args.overlap_param_gather and not args.use_distributed_optimizer),
+             "--overlap-param-gather needs --use-distributed-optimizer")
+
+
+def _validate_model_shape(args: argparse.Namespace) -> None:
+    tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
+    heads = args.num_attention_heads
+    _require(heads % tp == 0,
+             f"--num-attention-heads {heads} is not divisible by --tensor-model-parallel-size {tp}")
+    _require(args.hidden_size % heads == 0 or args.kv_channels is not None,
+             f"--hidden-size {args.hidden_size} is not divisible by --num-attention-heads {heads}; "
+             "set --kv-channels")
+    if args.group_query_attention:
+        groups = args.num_query_groups
+        _require(heads % groups == 0,
+                 f"--num-attention-heads {heads} is not divisible by --num-query-groups {groups}")
+        _require(groups % tp == 0,
+                 f"--num-query-groups {groups} is not divisible by --tensor-model-parallel-size {tp}")
+    else:
+        args.num_query_groups = heads
+    if args.ffn_hidden_size is None:
+        if args.swiglu:
+            args.ffn_hidden_size = int(math.ceil(4 * args.hidden_size * 2 / 3 / 64)) * 64
+        else:
+            args.ffn_hidden_size = 4 * args.hidden_size
+    if args.max_position_embeddings is None:
+        args.max_position_embeddings = args.seq_length
+    _require(args.position_embedding_type != "learned_absolute"
+             or args.max_position_embeddings >= args.seq_length,
+             f"--seq-length {args.seq_length} exceeds --max-position-embeddings "
+             f"{args.max_position_embeddings}")
+    args.pipeline_layers = _pipeline_layers(args)
+    if args.num_experts is not None:
+        ep = args.expert_model_parallel_size
+        _require(args.num_experts % ep == 0,
+                 f"--num-experts {args.num_experts} is not divisible by "
+                 f"--expert-model-parallel-size {ep}")
+        _require(1 <= args.moe_router_topk <= args.num_experts,
+                 f"--moe-router-topk {args.moe_router_topk} must be in [1, --num-experts]")
+        if args.moe_ffn_hidden_size is None:
+            args.moe_ffn_hidden_size = args.ffn_hidden_size
+    _require(args.ffn_hidden_size % tp == 0,
+             f"--ffn-hidden-size {args.ffn_hidden_size} is not divisible by "
+             f"--tensor-model-parallel-size {tp}")
+    _require(pp > 1 or args.num_layers_per_virtual_pipeline_stage is None,
+             "--num-layers-per-virtual-pipeline-stage needs --pipeline-model-parallel-size > 1")
+
+
+def _pipeline_layers(args: argparse.Namespace) -> Optional[List[int]]:
+    """Layers per pipeline stage when uneven (`--num-layer-list`), else None."""
+    pp, layers = args.pipeline_model_parallel_size, args.num_layers
+    vpp_layers = args.num_layers_per_virtual_pipeline_stage
+    if args.num_layer_list is not None:
+        _require(vpp_layers is None,
+                 "--num-layer-list cannot be combined with --num-layers-per-virtual-pipeline-stage")
+        try:
+            counts = [int(x) for x in args.num_layer_list.split(",")]
+        except ValueError:
+            raise ArgumentError(f"--num-layer-list must be comma-separated integers, "
+                                f"got {args.num_layer_list!r}") from None
+        _require(len(counts) == pp,
+                 f"--num-layer-list has {len(counts)} entries but "
+                 f"--pipeline-model-parallel-size is {pp}")
+        _require(all(c >= 1 for c in counts), "--num-layer-list entries must be >= 1")
+        _require(sum(counts) == layers,
+                 f"--num-layer-list sums to {sum(counts)}, not --num-layers {layers}")
+        return counts
+    _require(layers % pp == 0,
+             f"--num-layers {layers} is not divisible by --pipeline-model-parallel-size {pp}")
+    if vpp_layers is not None:
+        _require(vpp_layers >= 1 and (layers // pp) % vpp_layers == 0,
+                 f"layers per pipeline stage ({layers // pp}) is not divisible by "
+                 f"--num-layers-per-virtual-pipeline-stage {vpp_layers}")
+        args.virtual_pipeline_model_parallel_size = layers // pp // vpp_layers
+        if args.virtual_pipeline_model_parallel_size == 1:
+            args.virtual_pipeline_model_parallel_size = None
+    return None
+
+
+def _validate_batch(args: argparse.Namespace) -> None:
+    if not hasattr(args, "virtual_pipeline_model_parallel_size"):
+        args.virtual_pipeline_model_parallel_size = None
+    dp, mbs = args.data_parallel_size, args.micro_batch_size
+    _require(mbs >= 1, f"--micro-batch-size must be >= 1, got {mbs}")
+    if args.global_batch_size is None:
+        args.global_batch_size = mbs * dp
+    gbs = args.global_batch_size
+    _require(gbs % (mbs * dp) == 0,
+             f"--global-batch-size {gbs} is not divisible by --micro-batch-size {mbs} x "
+             f"data-parallel size {dp}")
+    args.num_microbatches = gbs // (mbs * dp)
+    vpp = args.virtual_pipeline_model_parallel_size
+    pp = args.pipeline_model_parallel_size
+    if vpp is not None:
+        _require(args.num_microbatches % pp == 0,
+                 f"interleaved pipeline needs the number of micro-batches ({args.num_microbatches}) "
+                 f"to be a multiple of --pipeline-model-parallel-size {pp}")
+
+
+def _validate_training(args: argparse.Namespace) -> None:
+    _require(not (args.fp16 and args.bf16), "--fp16 and --bf16 are mutually exclusive")
+    _require(args.train_iters >= 0, f"--train-iters must be >= 0, got {args.train_iters}")
+    if args.recompute_granularity == "full":
+        _require(args.recompute_method is not None,
+                 "--recompute-granularity full needs --recompute-method uniform|block")
+        if args.recompute_num_layers is None:
+            args.recompute_num_layers = 1
+    if args.recompute_method is not None:
+        _require(args.recompute_granularity == "full",
+                 "--recompute-method needs --recompute-granularity full")
+    if args.data_path is None and not args.mock_data:
+        raise ArgumentError("no training data: pass --data-path PREFIX [...] or --mock-data")
+    if args.data_path is not None and args.mock_data:
+        raise ArgumentError("--data-path and --mock-data are mutually exclusive")
+    if args.save_interval is not None:
+        _require(args.save is not None, "--save-interval needs --save DIR")
+    if args.lr_decay_iters is None:
+        args.lr_decay_iters = args.train_iters
+    _require(args.lr_warmup_fraction is None or args.lr_warmup_iters == 0,
+             "--lr-warmup-fraction and --lr-warmup-iters are mutually exclusive")
+    if args.start_weight_decay is None:
+        args.start_weight_decay = args.weight_decay
+    if args.end_weight_decay is None:
+        args.end_weight_decay = args.weight_decay

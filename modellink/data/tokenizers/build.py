@@ -1,0 +1,38 @@
+"""``build_tokenizer(args)``: the tokenizer named by --tokenizer-type, with clear errors."""
+
+import argparse
+
+from modellink.data.tokenizers.base import Tokenizer
+from modellink.data.tokenizers.hf import load_gpt2_bpe, load_pretrained
+from modellink.data.tokenizers.null import NullTokenizer
+from modellink.data.tokenizers.sentencepiece import (
+    GPTSentencePieceTokenizer,
+    Llama2Tokenizer,
+    SentencePieceTokenizer,
+)
+
+
+def build_tokenizer(args: argparse.Namespace) -> Tokenizer:
+    """Builds the tokenizer from parsed tokenizer flags (see ``add_tokenizer_arguments``)."""
+    kind = getattr(args, "tokenizer_type", None)
+    use_fast = not getattr(args, "tokenizer_not_use_fast", False)
+    padding_side = getattr(args, "tokenizer_padding_side", "right")
+    if kind is None:
+        raise ValueError("--tokenizer-type is required")
+    if kind == "PretrainedFromHF":
+        return load_pretrained(getattr(args, "tokenizer_name_or_path", None), "--tokenizer-name-or-path",
+                               use_fast, padding_side)
+    if kind == "HuggingFaceTokenizer":
+        return load_pretrained(getattr(args, "tokenizer_model", None), "--tokenizer-model",
+                               use_fast, padding_side)
+    if kind == "GPT2BPETokenizer":
+        return load_gpt2_bpe(getattr(args, "vocab_file", None), getattr(args, "merge_file", None))
+    if kind == "Llama2Tokenizer":
+        return Llama2Tokenizer(getattr(args, "tokenizer_model", None))
+    if kind == "SentencePieceTokenizer":
+        return SentencePieceTokenizer(getattr(args, "tokenizer_model", None))
+    if kind == "GPTSentencePieceTokenizer":
+        return GPTSentencePieceTokenizer(getattr(args, "tokenizer_model", None))
+    if kind == "NullTokenizer":
+        return NullTokenizer(getattr(args, "vocab_size", None))
+    raise ValueError(f"unknown --tokenizer-type {kind!r}")

@@ -1,0 +1,89 @@
+"""Tokenizers backed by Hugging Face ``transformers``: PretrainedFromHF, HuggingFaceTokenizer
+and GPT2BPETokenizer (a GPT-2 byte-level BPE built from vocab.json + merges.txt)."""
+
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+from modellink.data.tokenizers.base import Tokenizer
+
+
+class HFTokenizer(Tokenizer):
+    """Wraps a ``transformers`` tokenizer with Megatron's tokenizer interface.
+
+    ``tokenize`` adds the tokenizer's own special tokens (e.g. Llama's BOS), as ModelLink's
+    PretrainedFromHF and Megatron-LM's HuggingFaceTokenizer do; ``vocab_size`` counts added
+    tokens too (``len(tokenizer)``), since every one of them can appear in the data.
+    """
+
+    def __init__(self, hf_tokenizer: Any, source: str) -> None:
+        self.hf_tokenizer = hf_tokenizer
+        if hf_tokenizer.eos_token_id is None:
+            raise ValueError(f"tokenizer {source} has no eos token, which is needed as end-of-document")
+        self._vocab: Dict[str, int] = hf_tokenizer.get_vocab()
+        self._vocab_size = max(len(hf_tokenizer), max(self._vocab.values()) + 1)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def eod(self) -> int:
+        return self.hf_tokenizer.eos_token_id
+
+    @property
+    def pad(self) -> int:
+        pad = self.hf_tokenizer.pad_token_id
+        return self.eod if pad is None else pad
+
+    @property
+    def bos(self) -> Optional[int]:
+        return self.hf_tokenizer.bos_token_id
+
+    def tokenize(self, text: str) -> List[int]:
+        return self.hf_tokenizer(text)["input_ids"]
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.hf_tokenizer.decode(list(ids))
+
+    def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True) -> List[List[int]]:
+        if not texts:
+            return []
+        return self.hf_tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
+
+    def token_to_id(self, token: str) -> Optional[int]:
+        return self._vocab.get(token)
+
+
+def load_pretrained(path: Optional[str], flag: str, use_fast: bool, padding_side: str) -> HFTokenizer:
+    """Loads a local Hugging Face tokenizer folder; never downloads."""
+    if not path:
+        raise ValueError(f"{flag} is required for this --tokenizer-type (a local tokenizer folder)")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{flag} {path}: no such tokenizer folder")
+    from transformers import AutoTokenizer
+
+    try:
+        hf_tokenizer = AutoTokenizer.from_pretrained(
+            path, use_fast=use_fast, padding_side=padding_side, local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"cannot load a Hugging Face tokenizer from {path}: {err}") from None
+    return HFTokenizer(hf_tokenizer, path)
+
+
+def load_gpt2_bpe(vocab_file: Optional[str], merge_file: Optional[str]) -> HFTokenizer:
+    """GPT-2 byte-level BPE; '<|endoftext|>' is the EOD as in Megatron-LM's GPT2BPETokenizer."""
+    for flag, path in (("--vocab-file", vocab_file), ("--merge-file", merge_file)):
+        if not path:
+            raise ValueError(f"GPT2BPETokenizer needs {flag}")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{flag} {path}: no such file")
+    from transformers import GPT2TokenizerFast
+
+    try:
+        # Positional: the keyword names differ between transformers 4 and 5.
+        hf_tokenizer = GPT2TokenizerFast(vocab_file, merge_file)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"cannot build GPT2BPETokenizer from {vocab_file} / {merge_file}: {err}") from None
+    if "<|endoftext|>" not in hf_tokenizer.get_vocab():
+        raise ValueError(f"--vocab-file {vocab_file} has no '<|endoftext|>' token (GPT-2's end-of-document)")
+    return HFTokenizer(hf_tokenizer, vocab_file)

@@ -1,0 +1,22 @@
+"""Every patch over megatron-core and torch, registered in one place.
+
+`apply_patches()` applies the always-on group; backends apply their own group when chosen.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+from modellink.backend.cpu import cpu_patches
+from modellink.patches.registry import Patch, PatchRegistry
+
+REGISTRY = PatchRegistry()
+for _patch in cpu_patches():
+    REGISTRY.register(_patch)
+
+
+def apply_patches(group: Optional[str] = "megatron-core") -> None:
+    REGISTRY.apply(group)
+
+
+def list_patches() -> List[Patch]:
+    return list(REGISTRY.patches)

@@ -1,0 +1,1 @@
+"""Initialisation, the train loop, checkpointing and logging."""

@@ -1,0 +1,234 @@
+"""Checkpoints in Megatron-LM's layout, written atomically.
+
+    <save>/latest_checkpointed_iteration.txt
+    <save>/iter_0000100/mp_rank_XX[_YYY][_ZZZ]/model_optim_rng.pt   (+ distrib_optim.pt)
+
+Every rank writes into `iter_0000100.tmp/`; after a barrier rank 0 renames it into place and
+only then updates the tracker file, so a crash mid-save leaves the previous checkpoint intact
+and `latest` pointing at it.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import numpy
+import torch
+from megatron.core import parallel_state, tensor_parallel
+
+TRACKER_FILENAME = "latest_checkpointed_iteration.txt"
+MODEL_FILENAME = "model_optim_rng.pt"
+OPTIMIZER_FILENAME = "distrib_optim.pt"
+CHECKPOINT_VERSION = 3.0
+_LAYOUT_FLAGS = {
+    "tensor_model_parallel_size": "--tensor-model-parallel-size",
+    "pipeline_model_parallel_size": "--pipeline-model-parallel-size",
+    "virtual_pipeline_model_parallel_size": "--num-layers-per-virtual-pipeline-stage",
+    "expert_model_parallel_size": "--expert-model-parallel-size",
+    "pipeline_layers": "--num-layer-list",
+}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded as asked; the message names the file or flag."""
+
+
+@dataclass
+class LoadedState:
+    iteration: int = 0
+    consumed_train_samples: int = 0
+    consumed_valid_samples: int = 0
+
+
+def iteration_dir(root: str, iteration: int) -> str:
+    return os.path.join(root, f"iter_{iteration:07d}")
+
+
+def rank_dirname(args: argparse.Namespace) -> str:
+    """Megatron-LM's per-rank directory name: tp, then pp and ep ranks when those are used."""
+    name = f"mp_rank_{parallel_state.get_tensor_model_parallel_rank():02d}"
+    if args.pipeline_model_parallel_size > 1:
+        name += f"_{parallel_state.get_pipeline_model_parallel_rank():03d}"
+    if args.expert_model_parallel_size > 1:
+        name += f"_{parallel_state.get_expert_model_parallel_rank():03d}"
+    return name
+
+
+def _writes_model_file() -> bool:
+    # Data-parallel replicas hold identical weights, so one per replica group writes. The
+    # expert-data-parallel group is that group (equal to the data-parallel one without EP).
+    return parallel_state.get_expert_data_parallel_rank() == 0
+
+
+def _unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
+    return chunk.module if hasattr(chunk, "module") else chunk
+
+
+def _rng_state() -> Dict[str, Any]:
+    return {
+        "random_rng_state": random.getstate(),
+        "np_rng_state": numpy.random.get_state(),
+        "torch_rng_state": torch.get_rng_state(),
+        "cuda_rng_state": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "rng_tracker_states": tensor_parallel.get_cuda_rng_tracker().get_states(),
+    }
+
+
+def _set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(state["random_rng_state"])
+    numpy.random.set_state(state["np_rng_state"])
+    torch.set_rng_state(state["torch_rng_state"])
+    if state["cuda_rng_state"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_rng_state"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["rng_tracker_states"])
+
+
+def _save_file(obj: Any, path: str) -> None:
+    torch.save(obj, path)
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def save_checkpoint(args: argparse.Namespace, iteration: int, model: List[torch.nn.Module],
+                    optimizer: Any, scheduler: Any, consumed_train_samples: int,
+                    consumed_valid_samples: int) -> str:
+    """Collective: every rank calls it. Returns the final iteration directory."""
+    final_dir = iteration_dir(args.save, iteration)
+    tmp_dir = final_dir + ".tmp"
+    rank0 = torch.distributed.get_rank() == 0
+    if rank0:
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # leftovers of a save that crashed
+        os.makedirs(tmp_dir)
+    torch.distributed.barrier()
+
+    rank_dir = os.path.join(tmp_dir, rank_dirname(args))
+    save_optim = optimizer is not None and not args.no_save_optim
+    distributed_optim = save_optim and args.use_distributed_optimizer
+    if _writes_model_file() or distributed_optim:
+        os.makedirs(rank_dir, exist_ok=True)
+    if distributed_optim:
+        # Collective over the data-parallel group; its rank 0 writes the gathered shards.
+        optimizer.save_parameter_state(os.path.join(rank_dir, OPTIMIZER_FILENAME))
+    if _writes_model_file():
+        saved_args = copy.copy(args)
+        saved_args.consumed_train_samples = consumed_train_samples
+        saved_args.consumed_valid_samples = consumed_valid_samples
+        state: Dict[str, Any] = {"args": saved_args, "checkpoint_version": CHECKPOINT_VERSION,
+                                 "iteration": iteration}
+        chunks = [_unwrap(c).state_dict_for_save_checkpoint() for c in model]
+        if len(chunks) == 1:
+            state["model"] = chunks[0]
+        else:
+            state.update({f"model{i}": chunk for i, chunk in enumerate(chunks)})
+        if save_optim:
+            state["optimizer"] = optimizer.state_dict()
+        if scheduler is not None:
+            state["opt_param_scheduler"] = scheduler.state_dict()
+        if not args.no_save_rng:
+            state["rng_state"] = [_rng_state()]
+        _save_file(state, os.path.join(rank_dir, MODEL_FILENAME))
+    torch.distributed.barrier()
+
+    if rank0:
+        if os.path.exists(final_dir):  # saving the same iteration again: replace it whole
+            stale = final_dir + ".old"
+            shutil.rmtree(stale, ignore_errors=True)
+            os.rename(final_dir, stale)
+            os.rename(tmp_dir, final_dir)
+            shutil.rmtree(stale)
+        else:
+            os.rename(tmp_dir, final_dir)
+        tracker_tmp = os.path.join(args.save, TRACKER_FILENAME + ".tmp")
+        with open(tracker_tmp, "w") as handle:
+            handle.write(str(iteration))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tracker_tmp, os.path.join(args.save, TRACKER_FILENAME))
+    torch.distributed.barrier()
+    return final_dir
+
+
+def read_tracker(root: str) -> Optional[int]:
+    """The latest iteration under `root`, or None for an empty / new directory."""
+    tracker = os.path.join(root, TRACKER_FILENAME)
+    if not os.path.isfile(tracker):
+        if os.path.isdir(root) and any(not n.startswith(".") for n in os.listdir(root)):
+            raise CheckpointError(f"--load {root} is not a checkpoint directory "
+                                  f"(no {TRACKER_FILENAME})")
+        return None
+    text = open(tracker).read().strip()
+    if not text.isdigit():
+        raise CheckpointError(f"corrupt {tracker}: expected an iteration number, found {text!r}")
+    return int(text)
+
+
+def _load_file(path: str) -> Dict[str, Any]:
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint file missing: {path} (was it saved with another "
+                              f"parallel layout?)")
+    try:
+        # Megatron checkpoints pickle the argparse namespace, so weights_only loading refuses
+        # them; the trust model is Megatron-LM's: load only checkpoints you wrote.
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(f"corrupt checkpoint file {path}: {type(exc).__name__}: {exc}") from None
+
+
+def _check_layout(saved: argparse.Namespace, args: argparse.Namespace, path: str) -> None:
+    for attr, flag in _LAYOUT_FLAGS.items():
+        was, now = getattr(saved, attr, None), getattr(args, attr, None)
+        if was != now:
+            raise CheckpointError(f"{path} was saved with {flag} {was}, this run uses {now}; "
+                                  f"reshard it with tools/checkpoint/convert_ckpt.py")
+
+
+def load_checkpoint(args: argparse.Namespace, model: List[torch.nn.Module], optimizer: Any,
+                    scheduler: Any) -> LoadedState:
+    iteration = read_tracker(args.load)
+    if iteration is None:
+        return LoadedState()
+    rank_dir = os.path.join(iteration_dir(args.load, iteration), rank_dirname(args))
+    state = _load_file(os.path.join(rank_dir, MODEL_FILENAME))
+    if "args" not in state or "iteration" not in state:
+        raise CheckpointError(f"{rank_dir}/{MODEL_FILENAME} is not a Megatron checkpoint")
+    _check_layout(state["args"], args, rank_dir)
+
+    keys = ["model"] if len(model) == 1 else [f"model{i}" for i in range(len(model))]
+    for key, chunk in zip(keys, model):
+        if key not in state:
+            raise CheckpointError(f"{rank_dir}/{MODEL_FILENAME} has no {key!r} entry")
+        try:
+            _unwrap(chunk).load_state_dict(state[key], strict=True)
+        except RuntimeError as exc:
+            first_line = str(exc).strip().splitlines()
+            raise CheckpointError(f"{rank_dir}: weights do not fit the model built from the "
+                                  f"flags: {' '.join(first_line[:3])}") from None
+
+    if args.finetune:
+        return LoadedState()
+    if optimizer is not None and not args.no_load_optim:
+        if "optimizer" not in state:
+            raise CheckpointError(f"{rank_dir} holds no optimizer state; pass --no-load-optim")
+        if getattr(state["args"], "use_distributed_optimizer", False) != args.use_distributed_optimizer:
+            raise CheckpointError(f"{rank_dir}: optimizer state was saved with a different "
+                                  f"--use-distributed-optimizer setting; pass --no-load-optim")
+        optimizer.load_state_dict(state["optimizer"])
+        if args.use_distributed_optimizer:
+            shards = os.path.join(rank_dir, OPTIMIZER_FILENAME)
+            if parallel_state.get_data_parallel_rank() == 0 and not os.path.isfile(shards):
+                raise CheckpointError(f"checkpoint file missing: {shards}")
+            optimizer.load_parameter_state(shards)
+    if scheduler is not None and "opt_param_scheduler" in state:
+        scheduler.load_state_dict(state["opt_param_scheduler"])
+    if not args.no_load_rng:
+        if "rng_state" not in state:
+            raise CheckpointError(f"{rank_dir} holds no RNG state; pass --no-load-rng")
+        _set_rng_state(state["rng_state"][0])
+    saved = state["args"]
+    return LoadedState(iteration, getattr(saved, "consumed_train_samples", 0),
+                       getattr(saved, "consumed_valid_samples", 0))

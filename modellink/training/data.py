@@ -1,0 +1,110 @@
+"""Training data: Megatron indexed datasets (or mock data) through megatron-core's GPTDataset
+and BlendedMegatronDatasetBuilder, served per data-parallel rank by the pretraining sampler."""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any, Iterator, List, Optional, Tuple
+
+import numpy
+import torch
+from megatron.core import parallel_state
+from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
+from megatron.core.datasets.indexed_dataset import IndexedDataset
+from megatron.core.datasets.utils import get_blend_from_list
+
+from modellink.training.sampler import PretrainingSampler
+
+
+class DataError(ValueError):
+    """Missing, truncated or inconsistent dataset files; the message names the file."""
+
+
+class _TokenizerForDataset:
+    """The attributes megatron-core's GPTDataset reads from a tokenizer."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.vocab_size = tokenizer.vocab_size
+        self.eod = tokenizer.eod
+        self.pad = getattr(tokenizer, "pad", tokenizer.eod)
+        self.unique_identifiers = {"class": type(tokenizer).__name__,
+                                   "vocab_size": tokenizer.vocab_size}
+
+
+def check_indexed_dataset(prefix: str) -> None:
+    """Fail early, naming the file, on a missing, unreadable or truncated .bin/.idx pair."""
+    for suffix in (".bin", ".idx"):
+        if not os.path.isfile(prefix + suffix):
+            raise DataError(f"dataset file not found: {prefix + suffix}")
+    try:
+        index = IndexedDataset(prefix, mmap=True)
+    except Exception as exc:  # numpy/struct errors from a damaged index
+        raise DataError(f"corrupt dataset index {prefix}.idx: {exc}") from None
+    sizes, pointers = index.sequence_lengths, index.sequence_pointers
+    if len(sizes) == 0:
+        raise DataError(f"dataset {prefix} holds no sequences")
+    itemsize = numpy.dtype(index.index.dtype).itemsize
+    expected = int(pointers[-1]) + int(sizes[-1]) * itemsize
+    actual = os.path.getsize(prefix + ".bin")
+    if actual < expected:
+        raise DataError(f"truncated dataset {prefix}.bin: {actual} bytes, index expects {expected}")
+
+
+def _blend(args: argparse.Namespace) -> Optional[Tuple[List[str], Optional[List[float]]]]:
+    if args.mock_data:
+        return None
+    try:
+        prefixes, weights = get_blend_from_list(args.data_path)
+    except Exception:
+        raise DataError(f"--data-path must be PREFIX... or WEIGHT PREFIX pairs, "
+                        f"got {' '.join(args.data_path)}") from None
+    for prefix in prefixes:
+        check_indexed_dataset(prefix)
+    return prefixes, weights
+
+
+def build_datasets(args: argparse.Namespace, tokenizer: Any) -> Tuple[Any, Any]:
+    """Train and validation datasets sized for the whole run, as Megatron-LM sizes them."""
+    gbs = args.global_batch_size
+    evals = args.train_iters // args.eval_interval + 1 if args.eval_iters > 0 else 0
+    sizes = [args.train_iters * gbs, evals * args.eval_iters * gbs, args.eval_iters * gbs]
+    config = GPTDatasetConfig(
+        random_seed=args.seed,
+        sequence_length=args.seq_length,
+        blend=_blend(args),
+        split=args.split,
+        path_to_cache=args.data_cache_path,
+        mmap_bin_files=args.mmap_bin_files,
+        tokenizer=_TokenizerForDataset(tokenizer),
+        reset_position_ids=args.reset_position_ids,
+        reset_attention_mask=args.reset_attention_mask,
+        eod_mask_loss=args.eod_mask_loss,
+        create_attention_mask=args.reset_attention_mask,
+    )
+    dataset_cls = MockGPTDataset if args.mock_data else GPTDataset
+    train, valid, _ = BlendedMegatronDatasetBuilder(
+        dataset_cls, sizes, lambda: True, config
+    ).build()
+    if train is None or len(train) < sizes[0]:
+        raise DataError(f"the train split holds {0 if train is None else len(train)} samples, "
+                        f"{sizes[0]} needed; check --split {args.split!r}")
+    return train, valid
+
+
+def build_iterator(dataset: Any, args: argparse.Namespace, consumed_samples: int
+                   ) -> Optional[Iterator]:
+    if dataset is None or len(dataset) == 0:
+        return None
+    sampler = PretrainingSampler(
+        total_samples=len(dataset),
+        consumed_samples=consumed_samples,
+        micro_batch_size=args.micro_batch_size,
+        data_parallel_rank=parallel_state.get_data_parallel_rank(),
+        data_parallel_size=parallel_state.get_data_parallel_world_size(),
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, num_workers=args.num_workers,
+        persistent_workers=args.num_workers > 0,
+    )
+    return iter(loader)

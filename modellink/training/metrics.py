@@ -1,0 +1,49 @@
+"""Throughput arithmetic and Megatron-LM's log-line format (existing log parsers read it)."""
+from __future__ import annotations
+
+import argparse
+from datetime import datetime
+from typing import Optional
+
+
+def flops_per_iteration(args: argparse.Namespace) -> float:
+    """Model FLOPs of one forward+backward over a global batch (Megatron-LM's formula)."""
+    heads, layers, hidden = args.num_attention_heads, args.num_layers, args.hidden_size
+    kv_channels = args.kv_channels or hidden // heads
+    query_ratio = kv_channels * heads / hidden
+    routed = 1 if args.num_experts is None else args.moe_router_topk
+    ffn = args.ffn_hidden_size if args.num_experts is None else args.moe_ffn_hidden_size
+    gated = 1.5 if args.swiglu else 1.0
+    tokens = args.global_batch_size * args.seq_length
+    return 12.0 * tokens * layers * hidden * hidden * (
+        (1 + args.num_query_groups / heads + args.seq_length / hidden) * query_ratio
+        + ffn / hidden * routed * gated
+        + args.padded_vocab_size / (2 * layers * hidden)
+    )
+
+
+def training_log_line(args: argparse.Namespace, iteration: int, consumed_samples: int,
+                      elapsed_ms: float, learning_rate: float, loss: Optional[float],
+                      loss_scale: float, grad_norm: Optional[float], skipped: int,
+                      nan_iterations: int, world_size: int) -> str:
+    seconds = elapsed_ms / 1000.0
+    tflops = flops_per_iteration(args) / (seconds * 1e12 * world_size)
+    tokens_per_device = args.global_batch_size * args.seq_length / seconds / world_size
+    fields = [
+        f" [{datetime.now().strftime('%Y-%m-%d %H:%M:%S')}] iteration {iteration:8d}/"
+        f"{args.train_iters:8d}",
+        f"consumed samples: {consumed_samples:12d}",
+        f"elapsed time per iteration (ms): {elapsed_ms:.1f}",
+        f"throughput per GPU (TFLOP/s/GPU): {tflops:.3f}",
+        f"tokens per second per device: {tokens_per_device:.1f}",
+        f"learning rate: {learning_rate:.6E}",
+        f"global batch size: {args.global_batch_size:5d}",
+    ]
+    if loss is not None:
+        fields.append(f"lm loss: {loss:.6E}")
+    fields.append(f"loss scale: {loss_scale:.1f}")
+    if grad_norm is not None:
+        fields.append(f"grad norm: {grad_norm:.3f}")
+    fields += [f"number of skipped iterations: {skipped:3d}",
+               f"number of nan iterations: {nan_iterations:3d}"]
+    return " | ".join(fields) + " |"

@@ -1,0 +1,76 @@
+"""`pretrain()`: what `pretrain_gpt.py` runs, from command line to the last checkpoint."""
+from __future__ import annotations
+
+import argparse
+from typing import Any, List, Optional, Sequence
+
+import torch
+
+from modellink.arguments import ArgumentError, parse_args
+from modellink.data.tokenizers import build_tokenizer
+from modellink.models.gpt import transformer_config_from_args
+from modellink.training.checkpointing import load_checkpoint, save_checkpoint
+from modellink.training.components import build_model, build_optimizer, build_scheduler
+from modellink.training.data import build_datasets, build_iterator
+from modellink.training.initialize import initialize, shutdown
+from modellink.training.loop import TrainState, configure_model_hooks, train
+
+
+def padded_vocab_size(vocab_size: int, args: argparse.Namespace) -> int:
+    """Round up so every tensor-parallel rank holds an equal, aligned vocabulary slice."""
+    if args.padded_vocab_size is not None:
+        if args.padded_vocab_size < vocab_size:
+            raise ArgumentError(f"--padded-vocab-size {args.padded_vocab_size} is smaller than "
+                                f"the tokenizer's vocabulary ({vocab_size})")
+        if args.padded_vocab_size % args.tensor_model_parallel_size:
+            raise ArgumentError(f"--padded-vocab-size {args.padded_vocab_size} is not divisible "
+                                f"by --tensor-model-parallel-size {args.tensor_model_parallel_size}")
+        return args.padded_vocab_size
+    multiple = args.make_vocab_size_divisible_by * args.tensor_model_parallel_size
+    return -(-vocab_size // multiple) * multiple
+
+
+def _training_tokenizer(args: argparse.Namespace) -> Any:
+    if args.tokenizer_type is None:
+        if not args.mock_data or args.vocab_size is None:
+            raise ArgumentError("--tokenizer-type is required (or --mock-data with --vocab-size)")
+        args.tokenizer_type = "NullTokenizer"
+    return build_tokenizer(args)
+
+
+def _iterators(dataset: Any, args: argparse.Namespace, consumed: int, chunks: int
+               ) -> Optional[List[Any]]:
+    # Each virtual-pipeline chunk pulls every micro-batch, so each gets its own iterator.
+    iterators = [build_iterator(dataset, args, consumed) for _ in range(chunks)]
+    return None if iterators[0] is None else iterators
+
+
+def pretrain(argv: Optional[Sequence[str]] = None) -> TrainState:
+    args = parse_args(argv)
+    tokenizer = _training_tokenizer(args)
+    args.padded_vocab_size = padded_vocab_size(tokenizer.vocab_size, args)
+    backend = initialize(args)
+    try:
+        config = transformer_config_from_args(args, backend.device)
+        model = build_model(args, config)
+        optimizer = build_optimizer(args, config, model)
+        scheduler = build_scheduler(args, optimizer)
+        configure_model_hooks(config, model, optimizer)
+        state = TrainState()
+        if args.load:
+            loaded = load_checkpoint(args, model, optimizer, scheduler)
+            state = TrainState(loaded.iteration, loaded.consumed_train_samples,
+                               loaded.consumed_valid_samples)
+        train_ds, valid_ds = build_datasets(args, tokenizer)
+        train_iters = _iterators(train_ds, args, state.consumed_train_samples, len(model))
+        valid_iters = _iterators(valid_ds, args, state.consumed_valid_samples, len(model))
+        start = state.iteration
+        state = train(args, model, optimizer, scheduler, train_iters, valid_iters, state)
+        saved_last = args.save_interval and state.iteration % args.save_interval == 0
+        if args.save and state.iteration > start and not saved_last:
+            save_checkpoint(args, state.iteration, model, optimizer, scheduler,
+                            state.consumed_train_samples, state.consumed_valid_samples)
+        torch.distributed.barrier()
+        return state
+    finally:
+        shutdown()
