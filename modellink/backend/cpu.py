@@ -8,6 +8,7 @@ tensor op in Python, which costs measurable time on the CPU hot path.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any, Callable, List
 
@@ -79,6 +80,63 @@ def _noop() -> Callable[..., None]:
     return lambda *args, **kwargs: None
 
 
+class _CompletedEvent:
+    """CPU work is synchronous, so every event has already happened."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def record(self, stream: Any = None) -> None:
+        pass
+
+    def wait(self, stream: Any = None) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+    def query(self) -> bool:
+        return True
+
+
+class _SynchronousStream:
+    """Stand-in for torch.cuda.Stream: megatron-core's MoE dispatcher overlaps copies on a
+    side stream; on the CPU there is nothing to overlap."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def wait_stream(self, stream: Any) -> None:
+        pass
+
+    def wait_event(self, event: Any) -> None:
+        pass
+
+    def record_event(self, event: Any = None) -> _CompletedEvent:
+        return event or _CompletedEvent()
+
+    def synchronize(self) -> None:
+        pass
+
+    def query(self) -> bool:
+        return True
+
+
+_DEFAULT_STREAM = _SynchronousStream()
+
+
+def _host_copy(original: Callable) -> Callable:
+    # megatron-core's MoE dispatcher turns split sizes into numpy arrays only when they come
+    # from a CUDA tensor; all_to_all_single rejects the CPU tensors it would otherwise pass.
+    @functools.wraps(original)
+    def to_host(tensor: Any, as_numpy: bool = False, record_stream: bool = False) -> Any:
+        if as_numpy and torch.is_tensor(tensor) and tensor.device.type == "cpu":
+            return tensor.detach().numpy()
+        return original(tensor, as_numpy=as_numpy, record_stream=record_stream)
+
+    return to_host
+
+
 def _cpu_rng_state(*args: Any, **kwargs: Any) -> torch.Tensor:
     return torch.get_rng_state()
 
@@ -100,6 +158,7 @@ def cpu_patches() -> List[Patch]:
     first import and must see the originals.
     """
     why_device = "megatron-core hard-codes CUDA devices; on the CPU backend they mean the CPU"
+    why_stream = "megatron-core overlaps work on CUDA streams; CPU work is synchronous"
     why_rng = "megatron-core keeps its model-parallel RNG streams in the CUDA generator"
     patches = [
         Patch(f"torch.{name}", _factory, why_device, GROUP, wraps=True) for name in _FACTORIES
@@ -115,6 +174,11 @@ def cpu_patches() -> List[Patch]:
         Patch("torch.cuda.set_device", _noop(), why_device, GROUP),
         Patch("torch.cuda.device_count", lambda: 1, why_device, GROUP),
         Patch("torch.cuda.synchronize", _noop(), "CPU ops are synchronous", GROUP),
+        Patch("torch.cuda.Stream", _SynchronousStream, why_stream, GROUP),
+        Patch("torch.cuda.Event", _CompletedEvent, why_stream, GROUP),
+        Patch("torch.cuda.current_stream", lambda device=None: _DEFAULT_STREAM, why_stream, GROUP),
+        Patch("torch.cuda.stream", lambda stream=None: contextlib.nullcontext(), why_stream,
+              GROUP),
         Patch("torch.cuda.nvtx.range_push", _noop(), "no NVTX without CUDA", GROUP),
         Patch("torch.cuda.nvtx.range_pop", _noop(), "no NVTX without CUDA", GROUP),
         Patch("torch.cuda.manual_seed", _manual_seed, why_rng, GROUP),
@@ -125,5 +189,8 @@ def cpu_patches() -> List[Patch]:
               why_rng, GROUP),
         Patch("megatron.core.tensor_parallel.random._set_cuda_rng_state", _set_cpu_rng_state,
               why_rng, GROUP),
+        Patch("megatron.core.transformer.moe.token_dispatcher.maybe_move_tensor_to_cpu",
+              _host_copy, "all-to-all split sizes must reach torch.distributed as host lists",
+              GROUP, wraps=True),
     ]
     return patches

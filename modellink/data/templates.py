@@ -147,7 +147,7 @@ class Template:
         shapes: List[int] = []
         for messages, system in conversations:
             turns = self.render_turns(messages, system)
-            if self.efficient_eos and turns:
+            if self.efficient_eos and len(messages) % 2 == 0:
                 turns[-1] = (turns[-1][0], turns[-1][1] + [EOS])
             shapes.append(len(turns))
             for prompt, response in turns:

@@ -61,6 +61,10 @@ def transformer_config_from_args(args: argparse.Namespace, device: str) -> Trans
         recompute_method=args.recompute_method,
         recompute_num_layers=args.recompute_num_layers,
         deallocate_pipeline_outputs=True,
+        # Batched p2p posts send_prev before send_next; with two stages both go to the same
+        # peer, and gloo (unlike NCCL groups) matches messages by order alone, so activations
+        # and gradients would swap. The unbatched path orders them per direction.
+        batch_p2p_comm=device != "cpu",
         cross_entropy_loss_fusion=False,
     )
     if args.pipeline_layers is not None:

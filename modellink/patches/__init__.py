@@ -7,10 +7,11 @@ from __future__ import annotations
 from typing import List, Optional
 
 from modellink.backend.cpu import cpu_patches
+from modellink.patches.moe import moe_patches
 from modellink.patches.registry import Patch, PatchRegistry
 
 REGISTRY = PatchRegistry()
-for _patch in cpu_patches():
+for _patch in cpu_patches() + moe_patches():
     REGISTRY.register(_patch)
 
 

@@ -16,6 +16,7 @@ from megatron.core.num_microbatches_calculator import (
 )
 
 from modellink import backend as backends
+from modellink.patches import apply_patches
 
 
 def _free_port() -> int:
@@ -37,6 +38,7 @@ def initialize(args: argparse.Namespace) -> backends.Backend:
     """Bring up the backend and every process group the flags ask for; seed all RNGs."""
     backend = backends.resolve(args.device)
     backends.activate(backend)
+    apply_patches()
     args.device = backend.device
     if not torch.distributed.is_initialized():
         _default_single_process_env()

@@ -72,9 +72,11 @@ def load_pretrained(path: Optional[str], flag: str, use_fast: bool, padding_side
 
 def load_gpt2_bpe(vocab_file: Optional[str], merge_file: Optional[str]) -> HFTokenizer:
     """GPT-2 byte-level BPE; '<|endoftext|>' is the EOD as in Megatron-LM's GPT2BPETokenizer."""
-    for flag, path in (("--vocab-file", vocab_file), ("--merge-file", merge_file)):
+    files = (("--vocab-file", vocab_file), ("--merge-file", merge_file))
+    for flag, path in files:
         if not path:
             raise ValueError(f"GPT2BPETokenizer needs {flag}")
+    for flag, path in files:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{flag} {path}: no such file")
     from transformers import GPT2TokenizerFast

@@ -1,0 +1,147 @@
+"""preprocess_data.py: raw data -> Megatron indexed datasets, streaming.
+
+The main process plans chunks (readers), hands them to ``--workers`` processes that parse and
+tokenize (worker), and appends the results in input order (writer), so the output bytes do not
+depend on the worker count. At most two chunks per worker are in flight, which keeps memory
+flat however large the input is. Outputs appear under their final names only when complete.
+"""
+
+import argparse
+import logging
+import multiprocessing
+import os
+import sys
+from collections import deque
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+from megatron.core.datasets.indexed_dataset import DType
+
+from modellink.data.handlers import HandlerOptions, get_handler_class
+from modellink.data.merge import merge_datasets
+from modellink.data.packing import pack_dataset
+from modellink.data.preprocess_args import build_parser, validate_args
+from modellink.data.progress import Progress, logger
+from modellink.data.readers import Chunk, LineChunk, discover_inputs, plan_chunks
+from modellink.data.tokenizers import build_tokenizer
+from modellink.data.worker import ChunkProcessor, ChunkResult, WorkerConfig, init_worker, process_in_worker
+from modellink.data.writer import DatasetWriter, check_outputs_free
+
+DEFAULT_PACK_SEED = 1234
+IN_FLIGHT_PER_WORKER = 2
+
+
+class PreprocessError(ValueError):
+    """Bad input found while processing; the message names the file and line."""
+
+
+def _results(chunks: Iterable[Chunk], config: WorkerConfig, workers: int) -> Iterator[Tuple[Chunk, ChunkResult]]:
+    """Chunk results in input order."""
+    if workers == 1:
+        processor = ChunkProcessor(config)
+        for chunk in chunks:
+            yield chunk, processor(chunk)
+        return
+    with multiprocessing.Pool(workers, initializer=init_worker, initargs=(config,)) as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append((chunk, pool.apply_async(process_in_worker, (chunk,))))
+            if len(pending) >= IN_FLIGHT_PER_WORKER * workers:
+                chunk_done, result = pending.popleft()
+                yield chunk_done, result.get()
+        while pending:
+            chunk_done, result = pending.popleft()
+            yield chunk_done, result.get()
+
+
+def _where(chunk: Chunk, location: int, line_base: int) -> str:
+    if isinstance(chunk, LineChunk):
+        return f"{chunk.path}:{line_base + location}"
+    return f"{chunk.path}:{location}" if chunk.unit == "line" else f"{chunk.path} row {location}"
+
+
+def _tokenize_all(args: argparse.Namespace, config: WorkerConfig, files: List[str],
+                  writer: DatasetWriter, progress: Progress) -> None:
+    line_base: Dict[str, int] = {}
+    for chunk, result in _results(plan_chunks(files), config, args.workers):
+        base = line_base.get(chunk.path, 0)
+        allowed = result.n_records + 1 if args.max_samples is None else args.max_samples - progress.records
+        limit = min(result.n_records, allowed)
+        if result.error is not None and result.error[0] < allowed:
+            index, location, message = result.error
+            raise PreprocessError(f"{_where(chunk, location, base)}: {message} "
+                                  f"(pass --skip-bad-records to skip and count such records)")
+        for index, location, reason in result.skips:
+            if index < limit:
+                progress.skip(reason, _where(chunk, location, base))
+        n_docs = int(np.count_nonzero(result.record_has_doc[:limit]))
+        writer.add(result.data, n_docs)
+        line_base[chunk.path] = base + result.n_lines
+        progress.update(n_docs, limit, result.input_bytes)
+        if args.max_samples is not None and progress.records >= args.max_samples:
+            break
+
+
+def run(args: argparse.Namespace) -> List[str]:
+    """Preprocesses (or merges) as the parsed flags say; returns the output prefixes."""
+    validate_args(args)
+    if args.merge_group_keys is not None:
+        outputs = merge_datasets(args.input, args.output_prefix, args.merge_group_keys, args.overwrite)
+        logger.info("Merged into %s", ", ".join(f"{p}.bin/.idx" for p in outputs))
+        return outputs
+
+    tokenizer = build_tokenizer(args)
+    options = HandlerOptions(
+        json_keys=tuple(args.json_keys or ["text"]), append_eod=args.append_eod, seq_length=args.seq_length,
+        prompt_type=args.prompt_type, map_keys=args.map_keys, split_sentences=args.split_sentences,
+        keep_newlines=args.keep_newlines)
+    handler = get_handler_class(args.handler_name)(tokenizer, options)
+    files = discover_inputs(args.input)
+    prefixes = {k: f"{args.output_prefix}{handler.prefix_suffix}_{k}_{handler.level}" for k in handler.output_keys}
+    check_outputs_free(prefixes.values(), args.overwrite)
+    dtype = DType.optimal_dtype(tokenizer.vocab_size) if handler.vocab_dtype else np.int32
+    logger.info("Vocab size: %d; %s reading %d file(s) from %s with %d worker(s)",
+                tokenizer.vocab_size, args.handler_name, len(files), args.input, args.workers)
+
+    config = WorkerConfig(_tokenizer_args(args), args.handler_name, options, args.skip_bad_records)
+    progress = Progress(sum(os.path.getsize(f) for f in files), args.log_interval, args.max_samples)
+    if not args.pack:
+        with DatasetWriter(prefixes, {k: dtype for k in prefixes}) as writer:
+            _tokenize_all(args, config, files, writer, progress)
+            writer.finalize()
+            outputs = writer.publish()
+        logger.info(progress.summary(writer.tokens, outputs))
+        return outputs
+
+    # Pass 1 writes unpacked samples to temporary files; pass 2 packs them from disk.
+    stage_prefixes = {k: f"{prefixes[k]}.unpacked" for k in ("input_ids", "labels")}
+    with DatasetWriter(stage_prefixes, {k: dtype for k in stage_prefixes}) as stage:
+        try:
+            _tokenize_all(args, config, files, stage, progress)
+            stage.finalize()
+            with DatasetWriter(prefixes, {k: dtype for k in prefixes}) as writer:
+                packs = pack_dataset(stage.temp_prefixes, args.seq_length, tokenizer.pad,
+                                     DEFAULT_PACK_SEED if args.seed is None else args.seed, writer.add)
+                writer.finalize()
+                outputs = writer.publish()
+        finally:
+            stage.discard()
+    logger.info("Packed %d samples into %d sequences of %d tokens", stage.documents, packs, args.seq_length)
+    logger.info(progress.summary(stage.tokens, outputs))
+    return outputs
+
+
+def _tokenizer_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Just the tokenizer flags, so what is sent to workers stays small and picklable."""
+    names = ("tokenizer_type", "tokenizer_name_or_path", "tokenizer_model", "vocab_file", "merge_file",
+             "vocab_size", "tokenizer_not_use_fast", "tokenizer_padding_side")
+    return argparse.Namespace(**{n: getattr(args, n) for n in names})
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, OSError) as err:
+        sys.exit(f"preprocess_data.py: error: {err}")

@@ -1,0 +1,78 @@
+"""Writing Megatron indexed datasets (.bin/.idx) with megatron-core's IndexedDatasetBuilder,
+under temporary names that are renamed only once every file is complete."""
+
+import os
+from typing import Dict, Iterable, List
+
+import numpy as np
+from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder, get_bin_path, get_idx_path
+
+from modellink.data.worker import KeyData
+
+
+def check_outputs_free(prefixes: Iterable[str], overwrite: bool) -> None:
+    """Refuses to replace existing outputs unless ``overwrite``."""
+    existing = [p for prefix in prefixes for p in (get_bin_path(prefix), get_idx_path(prefix)) if os.path.exists(p)]
+    if existing and not overwrite:
+        raise FileExistsError(f"output files exist: {', '.join(existing)} (pass --overwrite to replace them)")
+
+
+class DatasetWriter:
+    """One IndexedDatasetBuilder per output key, writing to ``<prefix>.tmp-<pid>.bin/.idx``.
+
+    ``finalize`` writes the indexes, ``publish`` renames to the final names, ``discard``
+    deletes whatever temporary files exist; use it as a context manager to discard on error.
+    """
+
+    def __init__(self, prefixes: Dict[str, str], dtypes: Dict[str, type]) -> None:
+        self.prefixes = prefixes
+        self.temp_prefixes = {k: f"{p}.tmp-{os.getpid()}" for k, p in prefixes.items()}
+        self.dtypes = dtypes
+        self.tokens = {k: 0 for k in prefixes}
+        self.documents = 0
+        self.builders: Dict[str, IndexedDatasetBuilder] = {}
+        for key, prefix in self.temp_prefixes.items():
+            self.builders[key] = IndexedDatasetBuilder(get_bin_path(prefix), dtype=dtypes[key])
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.discard()
+
+    def add(self, data: Dict[str, KeyData], n_docs: int) -> None:
+        """Appends the first ``n_docs`` documents of ``data`` to every key's dataset."""
+        for key, builder in self.builders.items():
+            d = data[key]
+            counts = d.doc_seq_counts[:n_docs]
+            n_seqs = int(counts.sum())
+            lengths = d.seq_lengths[:n_seqs]
+            tokens = d.tokens[:int(lengths.sum())]
+            # One write per chunk instead of add_document per document: the builder's own fields,
+            # filled exactly as add_document fills them.
+            builder.data_file.write(tokens.astype(builder.dtype, copy=False).tobytes(order="C"))
+            builder.sequence_lengths.extend(lengths.tolist())
+            ends = len(builder.sequence_lengths) - n_seqs + np.cumsum(counts)
+            builder.document_indices.extend(ends.tolist())
+            self.tokens[key] += len(tokens)
+        self.documents += n_docs
+
+    def finalize(self) -> None:
+        for key, builder in self.builders.items():
+            builder.finalize(get_idx_path(self.temp_prefixes[key]))
+
+    def publish(self) -> List[str]:
+        """Renames the finalized files into place; returns the final prefixes."""
+        for key, prefix in self.prefixes.items():
+            temp = self.temp_prefixes[key]
+            os.replace(get_bin_path(temp), get_bin_path(prefix))
+            os.replace(get_idx_path(temp), get_idx_path(prefix))
+        return list(self.prefixes.values())
+
+    def discard(self) -> None:
+        for key, builder in self.builders.items():
+            builder.data_file.close()
+            for path in (get_bin_path(self.temp_prefixes[key]), get_idx_path(self.temp_prefixes[key])):
+                if os.path.exists(path):
+                    os.remove(path)

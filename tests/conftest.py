@@ -1,0 +1,59 @@
+"""Shared helpers: launch `pretrain_gpt`-equivalent runs on CPU ranks over gloo."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A tiny Llama-style model: RMSNorm, SwiGLU, RoPE, GQA, untied embeddings, no dropout.
+TINY_LLAMA = [
+    "--num-layers", "4", "--hidden-size", "64", "--ffn-hidden-size", "128",
+    "--num-attention-heads", "4", "--group-query-attention", "--num-query-groups", "2",
+    "--seq-length", "32", "--max-position-embeddings", "32",
+    "--normalization", "RMSNorm", "--swiglu", "--position-embedding-type", "rope",
+    "--disable-bias-linear", "--untie-embeddings-and-output-weights",
+    "--attention-dropout", "0", "--hidden-dropout", "0",
+    "--mock-data", "--vocab-size", "100", "--padded-vocab-size", "128",
+    "--micro-batch-size", "2", "--global-batch-size", "8",
+    "--lr", "1e-3", "--lr-decay-style", "constant", "--clip-grad", "1.0",
+    "--seed", "1234", "--use-cpu-initialization", "--device", "cpu",
+    "--log-interval", "1", "--eval-interval", "1000", "--eval-iters", "0",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_ranks(args: List[str], nproc: int, history: Optional[Path] = None,
+              env: Optional[Dict[str, str]] = None, timeout: int = 600
+              ) -> subprocess.CompletedProcess:
+    """Run tests/launch_pretrain.py under torchrun with `nproc` CPU ranks."""
+    full_env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
+                    MODELLINK_CPU_THREADS="1", PYTHONWARNINGS="ignore")
+    if history is not None:
+        full_env["MODELLINK_TEST_HISTORY"] = str(history)
+    full_env.update(env or {})
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
+           f"--master-port={_free_port()}", str(ROOT / "tests" / "launch_pretrain.py"), *args]
+    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def train_history(tmp_path: Path, args: List[str], nproc: int, name: str = "history") -> dict:
+    out = tmp_path / f"{name}.json"
+    result = run_ranks(args, nproc, history=out)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return json.loads(out.read_text())
+
+
+@pytest.fixture
+def tiny_llama() -> List[str]:
+    return list(TINY_LLAMA)
