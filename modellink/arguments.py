@@ -187,6 +187,8 @@ def _add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-save-rng", action="store_true")
     g.add_argument("--no-load-optim", action="store_true")
     g.add_argument("--no-load-rng", action="store_true")
+    g.add_argument("--exit-interval", type=int, default=None,
+                   help="stop (saving first when --save is set) when the iteration is a multiple")
     g.add_argument("--finetune", action="store_true",
                    help="load model weights only and restart the iteration count at 0")
     g.add_argument("--ckpt-format", default="torch", choices=["torch"],

@@ -8,10 +8,11 @@ from typing import List, Optional
 
 from modellink.backend.cpu import cpu_patches
 from modellink.patches.moe import moe_patches
+from modellink.patches.optimizer import optimizer_patches
 from modellink.patches.registry import Patch, PatchRegistry
 
 REGISTRY = PatchRegistry()
-for _patch in cpu_patches() + moe_patches():
+for _patch in cpu_patches() + moe_patches() + optimizer_patches():
     REGISTRY.register(_patch)
 
 

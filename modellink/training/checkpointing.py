@@ -222,7 +222,8 @@ def load_checkpoint(args: argparse.Namespace, model: List[torch.nn.Module], opti
             shards = os.path.join(rank_dir, OPTIMIZER_FILENAME)
             if parallel_state.get_data_parallel_rank() == 0 and not os.path.isfile(shards):
                 raise CheckpointError(f"checkpoint file missing: {shards}")
-            optimizer.load_parameter_state(shards)
+            with torch.no_grad():  # it copies into views of leaf parameters
+                optimizer.load_parameter_state(shards)
     if scheduler is not None and "opt_param_scheduler" in state:
         scheduler.load_state_dict(state["opt_param_scheduler"])
     if not args.no_load_rng:

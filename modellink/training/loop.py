@@ -31,6 +31,7 @@ class TrainState:
     iteration: int = 0
     consumed_train_samples: int = 0
     consumed_valid_samples: int = 0
+    last_saved_iteration: Optional[int] = None
     history: List[IterationRecord] = field(default_factory=list)
     validation: List[Tuple[int, float]] = field(default_factory=list)
 
@@ -152,12 +153,23 @@ def train(args: argparse.Namespace, model: List[torch.nn.Module], optimizer: Any
         if valid_iterators and args.eval_iters > 0 and state.iteration % args.eval_interval == 0:
             _validate(args, model, valid_iterators, state)
             interval_start = time.perf_counter()
-        if args.save and args.save_interval and state.iteration % args.save_interval == 0:
-            save_checkpoint(args, state.iteration, model, optimizer, scheduler,
-                            state.consumed_train_samples, state.consumed_valid_samples)
-            _log(f"saved checkpoint at iteration {state.iteration:7d} to {args.save}")
+        exiting = bool(args.exit_interval) and state.iteration % args.exit_interval == 0
+        if args.save and (exiting or args.save_interval
+                          and state.iteration % args.save_interval == 0):
+            save(args, model, optimizer, scheduler, state)
             interval_start = time.perf_counter()
+        if exiting:
+            _log(f"exiting program at iteration {state.iteration} (--exit-interval)")
+            break
     return state
+
+
+def save(args: argparse.Namespace, model: List[torch.nn.Module], optimizer: Any, scheduler: Any,
+         state: TrainState) -> None:
+    save_checkpoint(args, state.iteration, model, optimizer, scheduler,
+                    state.consumed_train_samples, state.consumed_valid_samples)
+    state.last_saved_iteration = state.iteration
+    _log(f"saved checkpoint at iteration {state.iteration:7d} to {args.save}")
 
 
 def _validate(args: argparse.Namespace, model: List[torch.nn.Module],

@@ -9,11 +9,11 @@ import torch
 from modellink.arguments import ArgumentError, parse_args
 from modellink.data.tokenizers import build_tokenizer
 from modellink.models.gpt import transformer_config_from_args
-from modellink.training.checkpointing import load_checkpoint, save_checkpoint
+from modellink.training.checkpointing import load_checkpoint
 from modellink.training.components import build_model, build_optimizer, build_scheduler
 from modellink.training.data import build_datasets, build_iterator
 from modellink.training.initialize import initialize, shutdown
-from modellink.training.loop import TrainState, configure_model_hooks, train
+from modellink.training.loop import TrainState, configure_model_hooks, save, train
 
 
 def padded_vocab_size(vocab_size: int, args: argparse.Namespace) -> int:
@@ -66,10 +66,8 @@ def pretrain(argv: Optional[Sequence[str]] = None) -> TrainState:
         valid_iters = _iterators(valid_ds, args, state.consumed_valid_samples, len(model))
         start = state.iteration
         state = train(args, model, optimizer, scheduler, train_iters, valid_iters, state)
-        saved_last = args.save_interval and state.iteration % args.save_interval == 0
-        if args.save and state.iteration > start and not saved_last:
-            save_checkpoint(args, state.iteration, model, optimizer, scheduler,
-                            state.consumed_train_samples, state.consumed_valid_samples)
+        if args.save and state.iteration > start and state.last_saved_iteration != state.iteration:
+            save(args, model, optimizer, scheduler, state)
         torch.distributed.barrier()
         return state
     finally:
