@@ -176,3 +176,28 @@ def test_malformed_json_array_is_an_error(demo, tmp_path):  # noqa: F811
     source.write_text('[\n  {"text": "1 + 1 = 2"},\n  {"text": "2 + 2 = 4"\n  {"text": "x"}\n]\n')
     with pytest.raises(ValueError, match="in.json:3: malformed JSON array"):
         preprocess(source, tmp_path / "x", demo["tokenizer"], "--skip-bad-records")
+
+
+def test_nothing_to_write_is_an_error(demo, tmp_path):  # noqa: F811
+    source = write_jsonl(tmp_path / "in.jsonl", [{"text": ""}, {"text": "  "}])
+    with pytest.raises(ValueError, match="no documents to write: 2 records read, 2 skipped"):
+        preprocess(source, tmp_path / "x", demo["tokenizer"])
+    assert not [n for n in os.listdir(tmp_path) if n.startswith("x")]
+
+
+def test_outputs_appear_only_when_complete(demo, tmp_path, monkeypatch):  # noqa: F811
+    from modellink.data.writer import DatasetWriter
+
+    seen = []
+    publish = DatasetWriter.publish
+
+    def spy(self):
+        seen.append(sorted(os.listdir(tmp_path / "out")))
+        return publish(self)
+
+    monkeypatch.setattr(DatasetWriter, "publish", spy)
+    (tmp_path / "out").mkdir()
+    (prefix,) = preprocess(demo["pretrain"], tmp_path / "out" / "x", demo["tokenizer"])
+    pid = os.getpid()
+    assert seen == [[f"x_text_document.tmp-{pid}.bin", f"x_text_document.tmp-{pid}.idx"]]
+    assert _outputs(tmp_path / "out") == ["x_text_document.bin", "x_text_document.idx"]

@@ -16,7 +16,8 @@ MB = 2**20
 
 
 def _write_corpus(path, size_bytes):
-    line = '{"text": "' + " ".join(str(i % 1000) for i in range(200)) + '"}\n'
+    # ~8 KB documents: the per-document index (Python lists in megatron's builder) stays small.
+    line = '{"text": "' + " ".join(str(i % 1000) for i in range(2000)) + '"}\n'
     with open(path, "w") as f:
         f.write(line * (size_bytes // len(line) + 1))
     return os.path.getsize(path)

@@ -219,7 +219,7 @@ def test_pack_seed_orders_packs(demo, tmp_path):  # noqa: F811
 
 @pytest.mark.parametrize("handler_args", [
     [],
-    ["--handler-name", "AlpacaStyleInstructionHandler", "--prompt-type", "qwen", "--pack", "--seq-length", "64"],
+    ["--handler-name", "AlpacaStyleInstructionHandler", "--prompt-type", "qwen", "--pack", "--seq-length", "160"],
 ])
 def test_worker_count_does_not_change_output(demo, tmp_path, monkeypatch, handler_args):  # noqa: F811
     monkeypatch.setattr("modellink.data.readers.LINE_CHUNK_BYTES", 4096)  # many chunks, out of order
@@ -227,6 +227,7 @@ def test_worker_count_does_not_change_output(demo, tmp_path, monkeypatch, handle
     one = preprocess(source, tmp_path / "one", demo["tokenizer"], "--workers", "1", *handler_args)
     two = preprocess(source, tmp_path / "two", demo["tokenizer"], "--workers", "2", *handler_args)
     assert list(file_bytes(one).values()) == list(file_bytes(two).values())
+    assert len(read_dataset(one[0])) > 10
 
 
 def test_seq_length_skips_long_samples(demo, tmp_path, caplog):  # noqa: F811

@@ -71,7 +71,7 @@ def test_pieces_are_encoded_separately(tokenizer):
 
 
 def test_special_token_slots_use_the_vocabulary(tokenizer, tmp_path):
-    hf = tokenizer.hf_tokenizer
+    hf = AutoTokenizer.from_pretrained(tokenizer.hf_tokenizer.name_or_path)
     hf.add_special_tokens({"additional_special_tokens": ["<|im_end|>", "<|user|>"]})
     hf.save_pretrained(tmp_path)
     parser = argparse.ArgumentParser()

@@ -8,6 +8,7 @@ flat however large the input is. Outputs appear under their final names only whe
 
 import argparse
 import logging
+import math
 import multiprocessing
 import os
 import sys
@@ -65,10 +66,10 @@ def _tokenize_all(args: argparse.Namespace, config: WorkerConfig, files: List[st
     line_base: Dict[str, int] = {}
     for chunk, result in _results(plan_chunks(files), config, args.workers):
         base = line_base.get(chunk.path, 0)
-        allowed = result.n_records + 1 if args.max_samples is None else args.max_samples - progress.records
+        allowed = math.inf if args.max_samples is None else args.max_samples - progress.records
         limit = min(result.n_records, allowed)
         if result.error is not None and result.error[0] < allowed:
-            index, location, message = result.error
+            _, location, message = result.error
             raise PreprocessError(f"{_where(chunk, location, base)}: {message} "
                                   f"(pass --skip-bad-records to skip and count such records)")
         for index, location, reason in result.skips:
@@ -80,6 +81,10 @@ def _tokenize_all(args: argparse.Namespace, config: WorkerConfig, files: List[st
         progress.update(n_docs, limit, result.input_bytes)
         if args.max_samples is not None and progress.records >= args.max_samples:
             break
+    if writer.documents == 0:
+        logger.info(progress.summary(writer.tokens, []))
+        raise PreprocessError(f"no documents to write: {progress.records} records read, "
+                              f"{sum(progress.skipped.values())} skipped")
 
 
 def run(args: argparse.Namespace) -> List[str]:

@@ -1,11 +1,17 @@
 """Writing Megatron indexed datasets (.bin/.idx) with megatron-core's IndexedDatasetBuilder,
 under temporary names that are renamed only once every file is complete."""
 
+import array
 import os
 from typing import Dict, Iterable, List
 
 import numpy as np
-from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder, get_bin_path, get_idx_path
+from megatron.core.datasets.indexed_dataset import (
+    IndexedDatasetBuilder,
+    _IndexWriter,
+    get_bin_path,
+    get_idx_path,
+)
 
 from modellink.data.worker import KeyData
 
@@ -15,6 +21,34 @@ def check_outputs_free(prefixes: Iterable[str], overwrite: bool) -> None:
     existing = [p for prefix in prefixes for p in (get_bin_path(prefix), get_idx_path(prefix)) if os.path.exists(p)]
     if existing and not overwrite:
         raise FileExistsError(f"output files exist: {', '.join(existing)} (pass --overwrite to replace them)")
+
+
+class _IndexWriterNumpy(_IndexWriter):
+    """megatron-core's .idx writer, byte for byte, with its per-sequence Python loop over the
+    offsets done by numpy (that loop alone held a Python int per sequence)."""
+
+    def _sequence_pointers(self, sequence_lengths) -> np.ndarray:
+        lengths = np.asarray(sequence_lengths, dtype=np.int64)
+        pointers = np.zeros(len(lengths), dtype=np.int64)
+        np.cumsum(lengths[:-1] * np.dtype(self.dtype).itemsize, out=pointers[1:])
+        return pointers
+
+
+def new_builder(bin_path: str, dtype: type) -> IndexedDatasetBuilder:
+    """An IndexedDatasetBuilder whose index lives in compact arrays (4 + 8 bytes per sequence
+    instead of two Python ints), so a billion-token corpus does not grow the writer's memory."""
+    builder = IndexedDatasetBuilder(bin_path, dtype=dtype)
+    builder.sequence_lengths = array.array("i")
+    builder.document_indices = array.array("q", [0])
+    return builder
+
+
+def finalize_builder(builder: IndexedDatasetBuilder, idx_path: str) -> None:
+    """IndexedDatasetBuilder.finalize for a builder made by new_builder."""
+    builder.data_file.close()
+    with _IndexWriterNumpy(idx_path, builder.dtype) as writer:
+        writer.write(np.frombuffer(builder.sequence_lengths, dtype=np.int32), None,
+                     np.frombuffer(builder.document_indices, dtype=np.int64))
 
 
 class DatasetWriter:
@@ -27,12 +61,10 @@ class DatasetWriter:
     def __init__(self, prefixes: Dict[str, str], dtypes: Dict[str, type]) -> None:
         self.prefixes = prefixes
         self.temp_prefixes = {k: f"{p}.tmp-{os.getpid()}" for k, p in prefixes.items()}
-        self.dtypes = dtypes
         self.tokens = {k: 0 for k in prefixes}
         self.documents = 0
-        self.builders: Dict[str, IndexedDatasetBuilder] = {}
-        for key, prefix in self.temp_prefixes.items():
-            self.builders[key] = IndexedDatasetBuilder(get_bin_path(prefix), dtype=dtypes[key])
+        self.builders: Dict[str, IndexedDatasetBuilder] = {
+            key: new_builder(get_bin_path(prefix), dtypes[key]) for key, prefix in self.temp_prefixes.items()}
 
     def __enter__(self) -> "DatasetWriter":
         return self
@@ -49,18 +81,18 @@ class DatasetWriter:
             n_seqs = int(counts.sum())
             lengths = d.seq_lengths[:n_seqs]
             tokens = d.tokens[:int(lengths.sum())]
-            # One write per chunk instead of add_document per document: the builder's own fields,
-            # filled exactly as add_document fills them.
+            # One write per chunk instead of add_document per document, filling the builder's
+            # fields exactly as add_document does.
             builder.data_file.write(tokens.astype(builder.dtype, copy=False).tobytes(order="C"))
-            builder.sequence_lengths.extend(lengths.tolist())
-            ends = len(builder.sequence_lengths) - n_seqs + np.cumsum(counts)
-            builder.document_indices.extend(ends.tolist())
+            ends = len(builder.sequence_lengths) + np.cumsum(counts)
+            builder.sequence_lengths.frombytes(lengths.astype(np.int32).tobytes())
+            builder.document_indices.frombytes(ends.astype(np.int64).tobytes())
             self.tokens[key] += len(tokens)
         self.documents += n_docs
 
     def finalize(self) -> None:
         for key, builder in self.builders.items():
-            builder.finalize(get_idx_path(self.temp_prefixes[key]))
+            finalize_builder(builder, get_idx_path(self.temp_prefixes[key]))
 
     def publish(self) -> List[str]:
         """Renames the finalized files into place; returns the final prefixes."""

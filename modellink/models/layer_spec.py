@@ -64,3 +64,15 @@ def decoder_layer_spec(args: argparse.Namespace) -> ModuleSpec:
             mlp_bda=get_bias_dropout_add,
         ),
     )
+
+
+def operator_paths(args: argparse.Namespace, device: str) -> str:
+    """One line naming the implementation each fused-operator flag selected on this device."""
+    rmsnorm = ("npu_rms_norm" if device == "npu" else "torch rms_norm") \
+        if args.use_fused_rmsnorm else "reference"
+    swiglu = "megatron fused bias-swiglu" if args.use_fused_swiglu and device == "cuda" \
+        else "reference"
+    return (f"attention: {'torch SDPA' if args.use_flash_attn else 'megatron math'}, "
+            f"rmsnorm: {rmsnorm if args.normalization == 'RMSNorm' else 'n/a'}, "
+            f"swiglu: {swiglu if args.swiglu else 'n/a'}, "
+            f"rotary: {'reference' if args.position_embedding_type == 'rope' else 'n/a'}")

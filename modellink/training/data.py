@@ -10,6 +10,10 @@ import numpy
 import torch
 from megatron.core import parallel_state
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+from megatron.core.datasets.blended_megatron_dataset_config import (
+    convert_split_vector_to_split_matrix,
+    parse_and_normalize_split,
+)
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import get_blend_from_list
@@ -32,8 +36,9 @@ class _TokenizerForDataset:
                                    "vocab_size": tokenizer.vocab_size}
 
 
-def check_indexed_dataset(prefix: str) -> None:
-    """Fail early, naming the file, on a missing, unreadable or truncated .bin/.idx pair."""
+def check_indexed_dataset(prefix: str) -> int:
+    """Fail early, naming the file, on a missing, unreadable or truncated .bin/.idx pair;
+    returns the number of documents."""
     for suffix in (".bin", ".idx"):
         if not os.path.isfile(prefix + suffix):
             raise DataError(f"dataset file not found: {prefix + suffix}")
@@ -41,7 +46,7 @@ def check_indexed_dataset(prefix: str) -> None:
         index = IndexedDataset(prefix, mmap=True)
     except Exception as exc:  # numpy/struct errors from a damaged index
         raise DataError(f"corrupt dataset index {prefix}.idx: {exc}") from None
-    sizes, pointers = index.sequence_lengths, index.sequence_pointers
+    sizes, pointers = index.index.sequence_lengths, index.index.sequence_pointers
     if len(sizes) == 0:
         raise DataError(f"dataset {prefix} holds no sequences")
     itemsize = numpy.dtype(index.index.dtype).itemsize
@@ -49,9 +54,23 @@ def check_indexed_dataset(prefix: str) -> None:
     actual = os.path.getsize(prefix + ".bin")
     if actual < expected:
         raise DataError(f"truncated dataset {prefix}.bin: {actual} bytes, index expects {expected}")
+    return len(index.index.document_indices) - 1
 
 
-def _blend(args: argparse.Namespace) -> Optional[Tuple[List[str], Optional[List[float]]]]:
+def _check_splits(prefix: str, documents: int, split: str, sizes: List[int]) -> None:
+    # megatron-core loops forever looking for epochs when a split it must sample is empty.
+    matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(split))
+    for name, bounds, size in zip(("train", "validation", "test"), matrix, sizes):
+        if size == 0 or bounds is None:
+            continue
+        begin, end = (int(round(b * documents)) for b in bounds)
+        if end <= begin:
+            raise DataError(f"--split {split!r} leaves the {name} split of {prefix} empty "
+                            f"({documents} documents) but {size} {name} samples are needed")
+
+
+def _blend(args: argparse.Namespace, sizes: List[int]
+           ) -> Optional[Tuple[List[str], Optional[List[float]]]]:
     if args.mock_data:
         return None
     try:
@@ -60,19 +79,20 @@ def _blend(args: argparse.Namespace) -> Optional[Tuple[List[str], Optional[List[
         raise DataError(f"--data-path must be PREFIX... or WEIGHT PREFIX pairs, "
                         f"got {' '.join(args.data_path)}") from None
     for prefix in prefixes:
-        check_indexed_dataset(prefix)
+        _check_splits(prefix, check_indexed_dataset(prefix), args.split, sizes)
     return prefixes, weights
 
 
 def build_datasets(args: argparse.Namespace, tokenizer: Any) -> Tuple[Any, Any]:
-    """Train and validation datasets sized for the whole run, as Megatron-LM sizes them."""
+    """Train and validation datasets sized for the whole run, as Megatron-LM sizes them (no
+    test split: nothing here evaluates on it)."""
     gbs = args.global_batch_size
     evals = args.train_iters // args.eval_interval + 1 if args.eval_iters > 0 else 0
-    sizes = [args.train_iters * gbs, evals * args.eval_iters * gbs, args.eval_iters * gbs]
+    sizes = [args.train_iters * gbs, evals * args.eval_iters * gbs, 0]
     config = GPTDatasetConfig(
         random_seed=args.seed,
         sequence_length=args.seq_length,
-        blend=_blend(args),
+        blend=_blend(args, sizes),
         split=args.split,
         path_to_cache=args.data_cache_path,
         mmap_bin_files=args.mmap_bin_files,

@@ -9,6 +9,7 @@ import torch
 from modellink.arguments import ArgumentError, parse_args
 from modellink.data.tokenizers import build_tokenizer
 from modellink.models.gpt import transformer_config_from_args
+from modellink.models.layer_spec import operator_paths
 from modellink.training.checkpointing import load_checkpoint
 from modellink.training.components import build_model, build_optimizer, build_scheduler
 from modellink.training.data import build_datasets, build_iterator
@@ -45,6 +46,22 @@ def _iterators(dataset: Any, args: argparse.Namespace, consumed: int, chunks: in
     return None if iterators[0] is None else iterators
 
 
+def _log_setup(args: argparse.Namespace, model: List[torch.nn.Module]) -> None:
+    local = torch.tensor([sum(p.numel() for chunk in model for p in chunk.parameters())])
+    torch.distributed.all_reduce(local)  # replicas count once per data-parallel copy
+    if torch.distributed.get_rank() != 0:
+        return
+    total = int(local.item()) // args.data_parallel_size
+    print(f"modellink: device {args.device}, world {args.world_size} = "
+          f"TP {args.tensor_model_parallel_size} x PP {args.pipeline_model_parallel_size} x "
+          f"DP {args.data_parallel_size} (EP {args.expert_model_parallel_size}, "
+          f"VPP {args.virtual_pipeline_model_parallel_size or 1}), "
+          f"micro-batches per step {args.num_microbatches}", flush=True)
+    print(f"modellink: operators: {operator_paths(args, args.device)}", flush=True)
+    print(f"modellink: parameters ~{total / 1e6:.2f}M (summed over model-parallel shards)",
+          flush=True)
+
+
 def pretrain(argv: Optional[Sequence[str]] = None) -> TrainState:
     args = parse_args(argv)
     tokenizer = _training_tokenizer(args)
@@ -56,6 +73,7 @@ def pretrain(argv: Optional[Sequence[str]] = None) -> TrainState:
         optimizer = build_optimizer(args, config, model)
         scheduler = build_scheduler(args, optimizer)
         configure_model_hooks(config, model, optimizer)
+        _log_setup(args, model)
         state = TrainState()
         if args.load:
             loaded = load_checkpoint(args, model, optimizer, scheduler)

@@ -40,21 +40,21 @@ class GeneralPretrainHandler(Handler):
         return pieces
 
     def encode(self, records: Sequence[Mapping[str, Any]]) -> List[Outcome]:
-        outcomes: List[Outcome] = []
+        prepared: List[Any] = []  # per record: a Skip, or the sentence lists to tokenize
         texts: List[str] = []
         for record in records:
             try:
                 pieces = self._pieces(record)
             except InvalidRecord as err:
-                outcomes.append(Skip(str(err), invalid=True))
+                prepared.append(Skip(str(err), invalid=True))
                 continue
             if any(not p for p in pieces):
-                outcomes.append(Skip(EMPTY_DOCUMENT))
+                prepared.append(Skip(EMPTY_DOCUMENT))
                 continue
-            outcomes.append(pieces)  # replaced by the document below
+            prepared.append(pieces)
             texts += [t for p in pieces for t in p]
         ids = iter(self.tokenizer.encode_batch(texts))
-        return [o if isinstance(o, Skip) else self._document(o, ids) for o in outcomes]
+        return [p if isinstance(p, Skip) else self._document(p, ids) for p in prepared]
 
     def _document(self, pieces: List[List[str]], ids) -> Outcome:
         document: Document = {}

@@ -1,0 +1,130 @@
+"""One conversion, validated up front: HF -> Megatron, Megatron -> HF, Megatron -> Megatron."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Union
+
+import torch
+
+from modellink.checkpoint.errors import ConversionError
+from modellink.checkpoint.hf_source import HuggingFaceSource
+from modellink.checkpoint.hf_writer import tokenizer_files, write_hf
+from modellink.checkpoint.layout import ParallelLayout, build_layout
+from modellink.checkpoint.mappings import MAPPINGS
+from modellink.checkpoint.megatron_args import (
+    args_from_hf, model_flags, padded_vocab, resharded_args)
+from modellink.checkpoint.megatron_reader import MegatronSource
+from modellink.checkpoint.megatron_writer import write_megatron
+from modellink.checkpoint.output import atomic_directory, check_save_dir
+from modellink.models.families import get_family, hf_config_from_args
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class ConvertOptions:
+    load_dir: str
+    save_dir: str
+    load_type: str  # "hf" | "mg"
+    save_type: str  # "mg" | "hf"
+    family: str = "llama2"
+    tp: int = 1
+    pp: int = 1
+    ep: int = 1
+    layer_list: Optional[List[int]] = None
+    vpp_layers: Optional[int] = None
+    params_dtype: Optional[str] = None
+    tokenizer_model: Optional[str] = None
+    make_vocab_size_divisible_by: int = 128
+    max_shard_bytes: int = 5 * 2**30
+    add_qkv_bias: bool = False
+    add_dense_bias: bool = False
+    overwrite: bool = False
+
+
+Source = Union[HuggingFaceSource, MegatronSource]
+
+
+def _check_divisible(source: Source, ffn: int, layout: ParallelLayout) -> None:
+    attention, experts = source.shape.attention, source.shape.num_experts
+    for what, value in (("attention heads", attention.heads), ("query groups", attention.groups),
+                        ("ffn hidden size", ffn)):
+        if value % layout.tp:
+            raise ConversionError(f"--target-tensor-parallel-size {layout.tp} does not divide "
+                                  f"the {value} {what}")
+    if layout.ep > 1 and not experts:
+        raise ConversionError("--target-expert-parallel-size > 1 needs an MoE model")
+    if experts and experts % layout.ep:
+        raise ConversionError(f"--target-expert-parallel-size {layout.ep} does not divide "
+                              f"the {experts} experts")
+
+
+def _check_family_flags(options: ConvertOptions) -> None:
+    settings = get_family(options.family)
+    if options.add_qkv_bias and not settings.qkv_bias:
+        raise ConversionError(f"--add-qkv-bias: --model-type-hf {options.family} has no QKV bias")
+    if options.add_dense_bias:
+        raise ConversionError(f"--add-dense-bias: --model-type-hf {options.family} has no "
+                              f"dense bias")
+
+
+def _open_source(options: ConvertOptions) -> Source:
+    dtype = DTYPES[options.params_dtype] if options.params_dtype else None
+    if options.load_type == "hf":
+        return HuggingFaceSource(options.load_dir, options.family, dtype)
+    return MegatronSource(options.load_dir)
+
+
+def _to_megatron(options: ConvertOptions, source: Source) -> None:
+    if isinstance(source, HuggingFaceSource):
+        layout = build_layout(source.shape.num_layers, options.tp, options.pp, options.ep,
+                              options.layer_list, options.vpp_layers)
+        _check_divisible(source, source.config["intermediate_size"], layout)
+        padded = padded_vocab(source.shape.vocab_size, layout.tp,
+                              options.make_vocab_size_divisible_by)
+        flags = model_flags(source.settings, source.config, layout, padded, source.dtype)
+        args = args_from_hf(flags, layout, padded, source.config)
+        iteration = 0
+    else:
+        if options.params_dtype:
+            raise ConversionError("--params-dtype is not supported for Megatron -> Megatron")
+        layout = build_layout(source.shape.num_layers, options.tp, options.pp, options.ep,
+                              options.layer_list, options.vpp_layers)
+        _check_divisible(source, source.args.ffn_hidden_size, layout)
+        old = source.args.padded_vocab_size
+        padded = old if old % layout.tp == 0 else padded_vocab(
+            source.shape.vocab_size, layout.tp, options.make_vocab_size_divisible_by)
+        args = resharded_args(source.args, layout, padded)
+        flags = None
+        iteration = source.iteration
+    with atomic_directory(options.save_dir) as tmp:
+        write_megatron(source.read, source.shape, layout, args, tmp, iteration, source.gated)
+    if flags is not None:
+        print("pretrain_gpt.py model flags for this checkpoint (load with --finetune):\n  "
+              + " ".join(flags), flush=True)
+
+
+def _to_huggingface(options: ConvertOptions, source: MegatronSource) -> None:
+    settings = get_family(options.family)
+    config = hf_config_from_args(settings, source.args, source.shape.vocab_size,
+                                 base=getattr(source.args, "hf_config", None))
+    dtype = DTYPES[options.params_dtype] if options.params_dtype else None
+    with atomic_directory(options.save_dir) as tmp:
+        write_hf(source.read, source.shape, MAPPINGS[options.family], config,
+                 settings.config_class, tmp, options.max_shard_bytes, dtype,
+                 options.tokenizer_model)
+
+
+def convert(options: ConvertOptions) -> None:
+    """Every check on the input runs before the first byte is written."""
+    if (options.load_type, options.save_type) == ("hf", "hf"):
+        raise ConversionError("--load-model-type hf with --save-model-type hf: nothing to convert")
+    check_save_dir(options.save_dir, options.load_dir, options.overwrite)
+    _check_family_flags(options)
+    if options.tokenizer_model:
+        tokenizer_files(options.tokenizer_model)
+    source = _open_source(options)
+    if options.save_type == "mg":
+        _to_megatron(options, source)
+    else:
+        _to_huggingface(options, source)

@@ -1,0 +1,54 @@
+"""Canonical groups read from a Hugging Face checkpoint directory, one group at a time."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from modellink.checkpoint.errors import ConversionError
+from modellink.checkpoint.mappings import (
+    MAPPINGS, Group, ModelShape, groups, hf_names, to_canonical)
+from modellink.checkpoint.rules import AttentionShape
+from modellink.checkpoint.safetensors_io import SafetensorsReader
+from modellink.models.families import check_config, get_family, head_dim, query_groups
+
+
+def read_config(directory: str) -> Dict[str, Any]:
+    path = os.path.join(directory, "config.json")
+    if not os.path.isfile(path):
+        raise ConversionError(f"--load-dir {directory} has no config.json")
+    with open(path) as handle:
+        return json.load(handle)
+
+
+class HuggingFaceSource:
+    def __init__(self, directory: str, family: str, dtype: Optional[torch.dtype]) -> None:
+        self.config = read_config(directory)
+        self.settings = get_family(family)
+        check_config(self.settings, self.config)
+        self.mapping = MAPPINGS[family]
+        c = self.config
+        self.shape = ModelShape(
+            num_layers=c["num_hidden_layers"],
+            attention=AttentionShape(c["num_attention_heads"], query_groups(c), head_dim(c)),
+            num_experts=c.get("num_local_experts") if self.settings.moe else None,
+            tied=bool(c.get("tie_word_embeddings", False)),
+            vocab_size=c["vocab_size"],
+        )
+        self.gated = True
+        self.reader = SafetensorsReader(directory)
+        for group in groups(self.shape):
+            for name in hf_names(self.mapping, self.shape, group):
+                if name not in self.reader.entries:
+                    raise ConversionError(f"{directory}: tensor {name} is missing from the "
+                                          f"checkpoint (is --model-type-hf {family} right?)")
+        self.source_dtype = self.reader.dtype(self.mapping.embedding)
+        self.dtype = dtype or self.source_dtype
+
+    def read(self, group: Group) -> Dict[str, List[torch.Tensor]]:
+        """Row blocks viewing the files' pages; the maps close when the views are freed."""
+        with self.reader.session() as read:
+            blocks = to_canonical(self.mapping, self.shape, group, read)
+        return {name: [b.to(self.dtype) for b in parts] for name, parts in blocks.items()}

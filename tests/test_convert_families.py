@@ -1,0 +1,143 @@
+"""Every family, every layout: HF -> Megatron gives transformers' logits in our model, and
+Megatron -> HF gives back bit-identical tensors."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import pytest
+import torch
+import transformers
+
+from conftest import ROOT, _free_port
+from modellink.checkpoint.cli import main as convert_main
+
+SMALL = dict(vocab_size=250, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+HF_CONFIGS = {
+    "llama2": lambda: transformers.LlamaConfig(**SMALL),
+    "mistral": lambda: transformers.MistralConfig(**SMALL, sliding_window=None),
+    "qwen": lambda: transformers.Qwen2Config(**SMALL, tie_word_embeddings=True),
+    "mixtral": lambda: transformers.MixtralConfig(**dict(SMALL, intermediate_size=64),
+                                                  num_local_experts=4, num_experts_per_tok=2),
+}
+# name -> (converter flags, ranks to run on)
+LAYOUTS: Dict[str, Tuple[List[str], int]] = {
+    "tp1pp1": ([], 2),
+    "tp2pp1": (["--target-tensor-parallel-size", "2"], 2),
+    "tp1pp2": (["--target-pipeline-parallel-size", "2"], 2),
+    "tp2pp2": (["--target-tensor-parallel-size", "2", "--target-pipeline-parallel-size", "2"], 4),
+}
+EXTRA_LAYOUTS = {
+    "llama2": {"pp2_uneven": (["--target-pipeline-parallel-size", "2",
+                               "--num-layer-list", "1,3"], 2),
+               "pp2_vpp": (["--target-pipeline-parallel-size", "2",
+                            "--num-layers-per-virtual-pipeline-stage", "1"], 2)},
+    "mixtral": {"ep2": (["--target-expert-parallel-size", "2"], 2),
+                "tp2ep2": (["--target-tensor-parallel-size", "2",
+                            "--target-expert-parallel-size", "2"], 4)},
+}
+CASES = [(family, layout) for family in HF_CONFIGS
+         for layout in list(LAYOUTS) + list(EXTRA_LAYOUTS.get(family, {}))]
+TOKENS = torch.randint(0, 250, (2, 8), generator=torch.Generator().manual_seed(7)).tolist()
+RUN_FLAGS = ["--finetune", "--micro-batch-size", "1", "--train-iters", "0", "--lr", "0",
+             "--mock-data", "--device", "cpu"]
+
+
+def layout_of(family: str, layout: str) -> Tuple[List[str], int]:
+    return {**LAYOUTS, **EXTRA_LAYOUTS.get(family, {})}[layout]
+
+
+def save_tiny_hf(family: str, directory: Path) -> transformers.PreTrainedModel:
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(HF_CONFIGS[family]())
+    # Random norm weights too, so a swapped norm would show in the logits.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.uniform_(0.5, 1.5)
+    model.save_pretrained(directory)
+    return model
+
+
+def convert(*argv: str) -> List[str]:
+    """Run the converter in-process; returns the printed pretrain_gpt.py flags (HF -> MG)."""
+    import contextlib
+    import io
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert convert_main(list(argv)) == 0
+    lines = out.getvalue().strip().splitlines()
+    return lines[-1].split() if lines and lines[0].startswith("pretrain_gpt.py") else []
+
+
+def dump_logits(jobs: List[dict], nproc: int, workdir: Path) -> None:
+    """One torchrun launch of tools/checkpoint/dump_logits.py for many checkpoints."""
+    jobs_file = workdir / f"jobs_{nproc}.json"
+    jobs_file.write_text(json.dumps(jobs))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
+               MODELLINK_CPU_THREADS="1", PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
+           f"--master-port={_free_port()}", str(ROOT / "tools" / "checkpoint" / "dump_logits.py"),
+           str(jobs_file)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+
+
+def hf_logits(model: transformers.PreTrainedModel) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.tensor(TOKENS)).logits
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """Convert every (family, layout), then get our model's logits in two torchrun launches."""
+    root = tmp_path_factory.mktemp("families")
+    reference, jobs = {}, {2: [], 4: []}
+    for family in HF_CONFIGS:
+        hf_dir = root / family / "hf"
+        reference[family] = hf_logits(save_tiny_hf(family, hf_dir))
+        for family_, layout in CASES:
+            if family_ != family:
+                continue
+            flags, nproc = layout_of(family, layout)
+            mg_dir = root / family / layout
+            model_flags = convert("--load-model-type", "hf", "--save-model-type", "mg",
+                                  "--model-type-hf", family, "--load-dir", str(hf_dir),
+                                  "--save-dir", str(mg_dir), *flags)
+            # Two micro-batches per pipeline stage keep the interleaved schedule's check happy.
+            batch = ["--global-batch-size", str(2 * nproc)]
+            jobs[nproc].append({"argv": model_flags + ["--load", str(mg_dir)] + RUN_FLAGS + batch,
+                                "tokens": TOKENS, "out": str(root / family / f"{layout}.pt")})
+    for nproc, batch in jobs.items():
+        dump_logits(batch, nproc, root)
+    return root, reference
+
+
+@pytest.mark.parametrize("family,layout", CASES)
+def test_logits_match_transformers(converted, family, layout):
+    root, reference = converted
+    ours = torch.load(root / family / f"{layout}.pt")
+    vocab = reference[family].shape[-1]
+    assert ours.shape[-1] >= vocab
+    assert (ours[..., :vocab] - reference[family]).abs().max().item() < 1e-4
+    assert (ours[..., vocab:] == 0).all()  # padded rows are zero, so padded logits are too
+
+
+@pytest.mark.parametrize("family,layout", CASES)
+def test_round_trip_is_bit_identical(converted, family, layout, tmp_path):
+    root, _ = converted
+    convert("--load-model-type", "mg", "--save-model-type", "hf", "--model-type-hf", family,
+            "--load-dir", str(root / family / layout), "--save-dir", str(tmp_path / "hf"),
+            "--max-shard-size", "200KB")
+    original = transformers.AutoModelForCausalLM.from_pretrained(root / family / "hf").state_dict()
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").state_dict()
+    assert back.keys() == original.keys()
+    for name, tensor in original.items():
+        assert back[name].dtype == tensor.dtype and torch.equal(back[name], tensor), name
+    assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["vocab_size"] == 250 and config["model_type"] == \
+        json.loads((root / family / "hf" / "config.json").read_text())["model_type"]

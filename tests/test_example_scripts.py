@@ -1,0 +1,49 @@
+"""The LLaMA-2-7B example script runs unchanged on two CPU ranks with a small override."""
+import os
+import subprocess
+
+import numpy
+import sentencepiece
+from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+from conftest import ROOT, _free_port
+
+
+def _tiny_sentencepiece(tmp_path) -> str:
+    corpus = tmp_path / "corpus.txt"
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "theta", "kappa"]
+    rng = numpy.random.default_rng(0)
+    corpus.write_text("\n".join(" ".join(rng.choice(words, 12)) for _ in range(300)))
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(tmp_path / "tok"), vocab_size=64,
+        model_type="bpe", bos_id=1, eos_id=2, unk_id=0, pad_id=-1)
+    return str(tmp_path / "tok.model")
+
+
+def _dataset(tmp_path) -> str:
+    prefix = str(tmp_path / "alpaca_text_document")
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=numpy.int32)
+    rng = numpy.random.default_rng(1)
+    for _ in range(100):
+        builder.add_document(rng.integers(3, 64, size=40, dtype=numpy.int32), [40])
+    builder.finalize(prefix + ".idx")
+    return prefix
+
+
+def test_llama2_7b_script_on_two_cpu_ranks(tmp_path):
+    env = dict(
+        os.environ,
+        GPUS_PER_NODE="2", TP="2", PP="1", MASTER_PORT=str(_free_port()),
+        DISTRIBUTED_BACKEND="gloo", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+        DATA_PATH=_dataset(tmp_path), TOKENIZER_MODEL=_tiny_sentencepiece(tmp_path),
+        CKPT_LOAD_DIR=str(tmp_path / "ckpt"), CKPT_SAVE_DIR=str(tmp_path / "ckpt"),
+        MODEL_ARGS="--num-layers 2 --hidden-size 64 --ffn-hidden-size 128 "
+                   "--num-attention-heads 4 --seq-length 32 --max-position-embeddings 32",
+        EXTRA_ARGS="--device cpu --train-iters 3 --global-batch-size 4 --eval-iters 1",
+        PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}",
+    )
+    result = subprocess.run(["bash", str(ROOT / "examples/llama2/pretrain_llama2_7b_ptd.sh")],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "iteration        3/       3" in result.stdout
+    assert (tmp_path / "ckpt" / "latest_checkpointed_iteration.txt").read_text() == "3"
