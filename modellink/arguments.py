@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_checkpoint_args(parser)
     _add_logging_args(parser)
     _add_fused_op_args(parser)
+    _add_resilience_args(parser)
     return parser
 
 
@@ -213,6 +214,44 @@ def _add_fused_op_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--use-fused-rotary-pos-emb", action="store_true")
 
 
+def _add_resilience_args(parser: argparse.ArgumentParser) -> None:
+    """Fault tolerance, numerics guards, determinism, profiling and the training monitor."""
+    g = parser.add_argument_group("fault tolerance")
+    g.add_argument("--exit-signal-handler", action="store_true",
+                   help="on SIGTERM, every rank saves a dying-gasp checkpoint (with --save) "
+                        "at the end of the current iteration, then exits")
+    g.add_argument("--exit-duration-in-mins", type=int, default=None,
+                   help="save (with --save) and exit once the run has lasted this long")
+    g.add_argument("--keep-last-n-checkpoints", type=int, default=None,
+                   help="after each save, delete all but the newest N iteration directories")
+    g = parser.add_argument_group("numerics")
+    g.add_argument("--check-for-nan-in-loss-and-grad", action="store_true",
+                   help="stop, naming the iteration and rank, on a NaN/Inf loss or local grad")
+    g = parser.add_argument_group("determinism (ModelLink)")
+    g.add_argument("--use-deter-comp", action="store_true",
+                   help="deterministic kernels and reductions: identical runs give identical bits")
+    g = parser.add_argument_group("profiling")
+    g.add_argument("--profile", action="store_true")
+    g.add_argument("--profile-step-start", type=int, default=10)
+    g.add_argument("--profile-step-end", type=int, default=12)
+    g.add_argument("--profile-ranks", nargs="+", type=int, default=[-1],
+                   help="global ranks to profile; -1 profiles every rank")
+    g.add_argument("--profile-level", default="level0", choices=["level0", "level1", "level2"])
+    g.add_argument("--profile-with-cpu", action="store_true")
+    g.add_argument("--profile-with-stack", action="store_true")
+    g.add_argument("--profile-with-memory", action="store_true")
+    g.add_argument("--profile-record-shapes", action="store_true")
+    g.add_argument("--profile-save-path", default="./profile_dir")
+    g = parser.add_argument_group("training monitor")
+    g.add_argument("--tensorboard-dir", default=None)
+    g.add_argument("--tensorboard-log-interval", type=int, default=1)
+    g.add_argument("--tensorboard-queue-size", type=int, default=1000)
+    g.add_argument("--log-timers-to-tensorboard", action="store_true")
+    g.add_argument("--wandb-project", default="")
+    g.add_argument("--wandb-exp-name", default="")
+    g.add_argument("--wandb-save-dir", default="")
+
+
 def parse_args(argv: Optional[Sequence[str]] = None, world_size: Optional[int] = None
                ) -> argparse.Namespace:
     """Parse and validate; `world_size` defaults to the WORLD_SIZE torchrun sets."""
@@ -231,6 +270,7 @@ def validate_args(args: argparse.Namespace) -> None:
     _validate_model_shape(args)
     _validate_batch(args)
     _validate_training(args)
+    _validate_resilience(args)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -386,3 +426,22 @@ def _validate_training(args: argparse.Namespace) -> None:
         args.start_weight_decay = args.weight_decay
     if args.end_weight_decay is None:
         args.end_weight_decay = args.weight_decay
+
+
+def _validate_resilience(args: argparse.Namespace) -> None:
+    _require(args.exit_duration_in_mins is None or args.exit_duration_in_mins > 0,
+             f"--exit-duration-in-mins must be > 0, got {args.exit_duration_in_mins}")
+    if args.keep_last_n_checkpoints is not None:
+        _require(args.keep_last_n_checkpoints >= 1,
+                 f"--keep-last-n-checkpoints must be >= 1, got {args.keep_last_n_checkpoints}")
+        _require(args.save is not None, "--keep-last-n-checkpoints needs --save DIR")
+    if args.profile:
+        _require(0 <= args.profile_step_start < args.profile_step_end,
+                 f"--profile-step-start {args.profile_step_start} must be >= 0 and below "
+                 f"--profile-step-end {args.profile_step_end}")
+    _require(args.tensorboard_log_interval >= 1,
+             f"--tensorboard-log-interval must be >= 1, got {args.tensorboard_log_interval}")
+    if args.log_timers_to_tensorboard:
+        _require(args.tensorboard_dir is not None, "--log-timers-to-tensorboard needs --tensorboard-dir")
+    if args.wandb_project:
+        _require(args.wandb_exp_name != "", "--wandb-project needs --wandb-exp-name")

@@ -102,6 +102,9 @@ def build_datasets(args: argparse.Namespace, tokenizer: Any) -> Tuple[Any, Any]:
         eod_mask_loss=args.eod_mask_loss,
         create_attention_mask=args.reset_attention_mask,
     )
+    # Splits nobody samples are not built: megatron-core would loop forever on an empty one.
+    config.split_matrix = [None if size == 0 else bounds
+                           for size, bounds in zip(sizes, config.split_matrix)]
     dataset_cls = MockGPTDataset if args.mock_data else GPTDataset
     train, valid, _ = BlendedMegatronDatasetBuilder(
         dataset_cls, sizes, lambda: True, config

@@ -24,6 +24,7 @@ class IterationRecord:
     grad_norm: Optional[float]
     learning_rate: float
     skipped: bool
+    seconds: float
 
 
 @dataclass
@@ -134,7 +135,9 @@ def train(args: argparse.Namespace, model: List[torch.nn.Module], optimizer: Any
     skipped_since_log, interval_start = 0, time.perf_counter()
     iterations_since_log = 0
     while state.iteration < args.train_iters:
+        step_start = time.perf_counter()
         loss, grad_norm, skipped = train_step(model, optimizer, scheduler, train_iterators, args)
+        step_seconds = time.perf_counter() - step_start
         state.iteration += 1
         state.consumed_train_samples += args.global_batch_size
         iterations_since_log += 1
@@ -142,7 +145,7 @@ def train(args: argparse.Namespace, model: List[torch.nn.Module], optimizer: Any
         learning_rate = optimizer.param_groups[0]["lr"]
         if loss is not None:
             state.history.append(IterationRecord(state.iteration, loss, grad_norm,
-                                                 learning_rate, skipped))
+                                                 learning_rate, skipped, step_seconds))
         if state.iteration % args.log_interval == 0:
             elapsed_ms = (time.perf_counter() - interval_start) * 1000 / iterations_since_log
             _log(training_log_line(
