@@ -7,6 +7,7 @@ naming the flag at fault, raised before anything touches disk or the network.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 from typing import List, Optional, Sequence
@@ -55,6 +56,21 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
                    choices=["learned_absolute", "rope", "none"])
     g.add_argument("--rotary-base", type=int, default=10000)
     g.add_argument("--rotary-percent", type=float, default=1.0)
+    g.add_argument("--rope-scaling-type", default=None, choices=["llama3", "yarn"],
+                   help="RoPE frequency scaling for long context (Llama 3.x / YaRN)")
+    g.add_argument("--use-rope-scaling", action="store_true",
+                   help="Megatron-LM's switch for Llama 3.x scaling: --rope-scaling-type llama3")
+    g.add_argument("--rope-scaling-factor", type=float, default=None,
+                   help="default 8.0 for llama3 (Megatron-LM), 1.0 for yarn (ModelLink)")
+    g.add_argument("--low-freq-factor", type=float, default=None, help="llama3; default 1.0")
+    g.add_argument("--high-freq-factor", type=float, default=None, help="llama3; default 4.0")
+    g.add_argument("--original-max-position-embeddings",
+                   "--rope-scaling-original-max-position-embeddings", type=float, default=None,
+                   help="pretraining context length; llama3 default 8192, required for yarn")
+    g.add_argument("--rope-scaling-beta-fast", type=int, default=32, help="yarn")
+    g.add_argument("--rope-scaling-beta-slow", type=int, default=1, help="yarn")
+    g.add_argument("--rope-scaling-mscale", type=float, default=1.0, help="yarn")
+    g.add_argument("--rope-scaling-mscale-all-dim", type=float, default=0.0, help="yarn")
     g.add_argument("--normalization", default="LayerNorm", choices=["LayerNorm", "RMSNorm"])
     g.add_argument("--norm-epsilon", type=float, default=1e-5)
     g.add_argument("--swiglu", action="store_true")
@@ -133,6 +149,11 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--recompute-granularity", default=None, choices=["full", "selective"])
     g.add_argument("--recompute-method", default=None, choices=["uniform", "block"])
     g.add_argument("--recompute-num-layers", type=int, default=None)
+    g.add_argument("--recompute-modules", nargs="+", default=None,
+                   choices=["core_attn", "mlp", "moe", "moe_act"],
+                   help="what --recompute-granularity selective recomputes (default core_attn)")
+    g.add_argument("--recompute-activation-function", action="store_true",
+                   help="recompute the MLP activation in backward instead of keeping its output")
     g.add_argument("--no-gradient-accumulation-fusion", action="store_false",
                    dest="gradient_accumulation_fusion",
                    help="accepted for script compatibility: weight-gradient fusion needs apex, so "
@@ -208,10 +229,28 @@ def _add_logging_args(parser: argparse.ArgumentParser) -> None:
 def _add_fused_op_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("fused operators (ModelLink)")
     g.add_argument("--use-flash-attn", action="store_true",
-                   help="fused attention: torch_npu on NPU, SDPA elsewhere")
-    g.add_argument("--use-fused-rmsnorm", action="store_true")
-    g.add_argument("--use-fused-swiglu", action="store_true")
-    g.add_argument("--use-fused-rotary-pos-emb", action="store_true")
+                   help="fused attention: npu_fusion_attention on NPU, flash-attn (or SDPA) on "
+                        "CUDA, SDPA on CPU")
+    g.add_argument("--use-fused-rmsnorm", action="store_true",
+                   help="npu_rms_norm on NPU, torch's fused rms_norm on CUDA")
+    g.add_argument("--use-fused-swiglu", action="store_true",
+                   help="npu_swiglu on NPU, megatron-core's compiled SwiGLU on CUDA")
+    g.add_argument("--use-fused-rotary-pos-emb", action="store_true",
+                   help="npu_rotary_mul on NPU, flash-attn's rotary kernel on CUDA")
+    g.add_argument("--use-mc2", action="store_true",
+                   help="tensor-parallel matmuls fused with their sequence-parallel communication "
+                        "(NPU MC2 kernels; elsewhere megatron-core's all-gather/reduce-scatter)")
+    g.add_argument("--sliding-window", type=int, default=None,
+                   help="query i attends keys i-W..i only")
+    g.add_argument("--shape-order", default="SBH", choices=["SBH", "BSH", "BSND", "BNSD"],
+                   help="layout handed to npu_fusion_attention (other devices: their kernel's)")
+    g.add_argument("--sparse-mode", type=int, default=0, choices=[0, 1, 2, 3, 4],
+                   help="npu_fusion_attention mask mode; in modes 0 and 4 --pre-tockens is a "
+                        "window on every device")
+    g.add_argument("--pre-tockens", type=int, default=65536,
+                   help="keys before the query that attention may reach (modes 0 and 4)")
+    g.add_argument("--next-tockens", type=int, default=0,
+                   help="keys after the query; attention is causal, so only 0 is accepted")
 
 
 def _add_resilience_args(parser: argparse.ArgumentParser) -> None:
@@ -270,6 +309,7 @@ def validate_args(args: argparse.Namespace) -> None:
     _validate_model_shape(args)
     _validate_batch(args)
     _validate_training(args)
+    _validate_fused_ops(args)
     _validate_resilience(args)
 
 
@@ -428,6 +468,45 @@ def _validate_training(args: argparse.Namespace) -> None:
         args.end_weight_decay = args.weight_decay
 
 
+def _validate_fused_ops(args: argparse.Namespace) -> None:
+    """Fused-operator, attention-mask, RoPE-scaling and recompute flags (ModelLink's rules)."""
+    _require(not args.use_mc2 or args.sequence_parallel,
+             "--use-mc2 needs --tensor-model-parallel-size > 1 and --sequence-parallel")
+    _require(args.next_tockens == 0, f"--next-tockens {args.next_tockens}: attention is causal, "
+                                     "so no key after the query may be attended; use 0")
+    _require(args.pre_tockens >= 0, f"--pre-tockens must be >= 0, got {args.pre_tockens}")
+    if args.sliding_window is not None:
+        _require(args.sliding_window >= 1,
+                 f"--sliding-window must be >= 1, got {args.sliding_window}")
+        _require(args.sparse_mode in (0, 4), f"--sliding-window needs --sparse-mode 0 or 4 (mode "
+                                             f"{args.sparse_mode} ignores the window on NPU)")
+    if args.use_rope_scaling and args.rope_scaling_type is None:
+        args.rope_scaling_type = "llama3"
+    if args.rope_scaling_type is not None:
+        _require(args.position_embedding_type == "rope",
+                 "--rope-scaling-type needs --position-embedding-type rope")
+        llama3 = args.rope_scaling_type == "llama3"
+        if args.rope_scaling_factor is None:
+            args.rope_scaling_factor = 8.0 if llama3 else 1.0
+        if args.original_max_position_embeddings is None:
+            _require(llama3, "--rope-scaling-type yarn needs --original-max-position-embeddings")
+            args.original_max_position_embeddings = 8192
+        args.low_freq_factor = 1.0 if args.low_freq_factor is None else args.low_freq_factor
+        args.high_freq_factor = 4.0 if args.high_freq_factor is None else args.high_freq_factor
+        _require(args.high_freq_factor > args.low_freq_factor,
+                 "--high-freq-factor must be greater than --low-freq-factor")
+    if args.recompute_modules is not None:
+        _require(args.recompute_granularity == "selective",
+                 "--recompute-modules needs --recompute-granularity selective")
+    if args.recompute_activation_function:
+        _require(args.recompute_method != "uniform" and args.recompute_granularity != "selective",
+                 "--recompute-activation-function cannot be combined with uniform or selective "
+                 "recompute (use --recompute-method block for the layers it leaves out)")
+        _require(args.num_experts is None, "--recompute-activation-function applies to dense "
+                                           "MLPs; with --num-experts use --recompute-granularity "
+                                           "selective --recompute-modules moe_act")
+
+
 def _validate_resilience(args: argparse.Namespace) -> None:
     _require(args.exit_duration_in_mins is None or args.exit_duration_in_mins > 0,
              f"--exit-duration-in-mins must be > 0, got {args.exit_duration_in_mins}")
@@ -442,6 +521,14 @@ def _validate_resilience(args: argparse.Namespace) -> None:
     _require(args.tensorboard_log_interval >= 1,
              f"--tensorboard-log-interval must be >= 1, got {args.tensorboard_log_interval}")
     if args.log_timers_to_tensorboard:
-        _require(args.tensorboard_dir is not None, "--log-timers-to-tensorboard needs --tensorboard-dir")
+        _require(args.tensorboard_dir is not None,
+                 "--log-timers-to-tensorboard needs --tensorboard-dir")
     if args.wandb_project:
         _require(args.wandb_exp_name != "", "--wandb-project needs --wandb-exp-name")
+    # The monitor packages are optional; a flag that needs a missing one fails here, on every
+    # rank alike, instead of on the one rank that writes.
+    for flag, value, package in (("--tensorboard-dir", args.tensorboard_dir, "tensorboard"),
+                                 ("--wandb-project", args.wandb_project, "wandb")):
+        _require(not value or importlib.util.find_spec(package) is not None,
+                 f"{flag} needs the {package} package, which is not installed "
+                 f"(pip install {package})")

@@ -43,10 +43,10 @@ def _peak_rss(input_path, output_prefix, workers):
 
 def test_peak_memory_does_not_grow_with_input(tmp_path):
     sizes = {name: _write_corpus(tmp_path / f"{name}.jsonl", size) for name, size in
-             (("tiny", 64 * 1024), ("medium", 16 * MB), ("large", 64 * MB))}
+             (("tiny", 64 * 1024), ("medium", 8 * MB), ("large", 32 * MB))}
     peaks = {name: _peak_rss(tmp_path / f"{name}.jsonl", tmp_path / name, workers=2) for name in sizes}
     print({name: f"{peak / MB:.0f} MB" for name, peak in peaks.items()})
     # Four times the input, (almost) the same peak: the per-document index is all that grows.
     assert peaks["large"] - peaks["medium"] < (sizes["large"] - sizes["medium"]) / 8
-    # And what one chunk in flight costs is well below the input size.
-    assert peaks["large"] - peaks["tiny"] < sizes["large"] / 4
+    # And what the chunks in flight cost is well below the input size.
+    assert peaks["large"] - peaks["tiny"] < sizes["large"] / 2

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
@@ -14,12 +15,34 @@ from megatron.core.transformer.transformer_block import (
 )
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from modellink.models.layer_spec import decoder_layer_spec, norm_spec
+from modellink.models.layer_spec import decoder_layer_spec, norm_spec, window_from_args
+from modellink.ops.rope_scaling import RopeScaling, scaled_inv_freq
+
+
+@dataclass
+class YarnTransformerConfig(TransformerConfig):
+    """TransformerConfig plus the YaRN fields megatron-core's attention looks up by name (as
+    MLATransformerConfig defines them) to scale cos/sin; used only with --rope-scaling-type yarn."""
+    yarn_rotary_scaling_factor: float = 1.0
+    yarn_mscale: Optional[float] = None
+    yarn_mscale_all_dim: Optional[float] = None
+
+
+def rope_scaling_from_args(args: argparse.Namespace) -> Optional[RopeScaling]:
+    if args.rope_scaling_type is None:
+        return None
+    return RopeScaling(
+        kind=args.rope_scaling_type, factor=args.rope_scaling_factor,
+        original_max_positions=int(args.original_max_position_embeddings),
+        low_freq_factor=args.low_freq_factor, high_freq_factor=args.high_freq_factor,
+        beta_fast=args.rope_scaling_beta_fast, beta_slow=args.rope_scaling_beta_slow,
+        mscale=args.rope_scaling_mscale, mscale_all_dim=args.rope_scaling_mscale_all_dim)
 
 
 def transformer_config_from_args(args: argparse.Namespace, device: str) -> TransformerConfig:
     """Map the Megatron-LM command line onto megatron-core's TransformerConfig."""
     dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+    window = window_from_args(args)
     kwargs = dict(
         num_layers=args.num_layers,
         hidden_size=args.hidden_size,
@@ -60,6 +83,8 @@ def transformer_config_from_args(args: argparse.Namespace, device: str) -> Trans
         recompute_granularity=args.recompute_granularity,
         recompute_method=args.recompute_method,
         recompute_num_layers=args.recompute_num_layers,
+        recompute_modules=args.recompute_modules,
+        window_size=(window, 0) if window is not None else None,
         deallocate_pipeline_outputs=True,
         # Batched p2p posts send_prev before send_next; with two stages both go to the same
         # peer, and gloo (unlike NCCL groups) matches messages by order alone, so activations
@@ -80,6 +105,14 @@ def transformer_config_from_args(args: argparse.Namespace, device: str) -> Trans
             moe_token_dispatcher_type=args.moe_token_dispatcher_type,
             moe_grouped_gemm=args.moe_grouped_gemm,
         )
+    scaling = rope_scaling_from_args(args)
+    if scaling is not None and scaling.kind == "yarn":
+        # Hugging Face's attention factor: mscale / mscale_all_dim only when both are set.
+        both = bool(scaling.mscale and scaling.mscale_all_dim)
+        return YarnTransformerConfig(
+            **kwargs, yarn_rotary_scaling_factor=scaling.factor,
+            yarn_mscale=scaling.mscale if both else None,
+            yarn_mscale_all_dim=scaling.mscale_all_dim if both else None)
     return TransformerConfig(**kwargs)
 
 
@@ -104,7 +137,7 @@ def _build_chunk(args: argparse.Namespace, config: TransformerConfig,
     local_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
     block = TransformerBlockSubmodules(layer_specs=[layer] * local_layers,
                                        layer_norm=norm_spec(args))
-    return GPTModel(
+    model = GPTModel(
         config=config,
         transformer_layer_spec=block,
         vocab_size=args.padded_vocab_size,
@@ -118,3 +151,11 @@ def _build_chunk(args: argparse.Namespace, config: TransformerConfig,
         rotary_base=args.rotary_base,
         vp_stage=vp_stage,
     )
+    scaling = rope_scaling_from_args(args)
+    if scaling is not None:
+        # GPTModel builds plain RoPE; its frequencies are an attribute read on every forward
+        # (cached per length), so replacing them before the first forward rescales every layer.
+        rotary = model.rotary_pos_emb
+        rotary.inv_freq = scaled_inv_freq(rotary.inv_freq.numel() * 2, args.rotary_base,
+                                          scaling).to(rotary.inv_freq.device)
+    return model

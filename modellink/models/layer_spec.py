@@ -1,28 +1,91 @@
-"""Transformer layer specs: megatron-core's local layers with modellink's norms and operators."""
+"""Transformer layer specs: megatron-core's local layers with modellink's norms and operators.
+
+`operator_choices()` turns the fused-operator flags and the device into the implementation of
+each operator; the specs are built from it and `operator_paths()` reports it, so the start-up
+log names exactly what runs.
+"""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from functools import partial
+from typing import Optional
 
+import torch.nn.functional as F
+from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 from megatron.core.models.backends import LocalSpecProvider
 from megatron.core.models.gpt.gpt_layer_specs import get_mlp_module_spec_for_backend
-from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
+from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.identity_op import IdentityOp
+from megatron.core.transformer.mlp import MLP, MLPSubmodules
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_layer import (
     TransformerLayer,
     TransformerLayerSubmodules,
 )
 
-from modellink.ops.attention import FlashSelfAttention
-from modellink.ops.norm import LayerNorm, RMSNorm
+from modellink.ops.attention import (
+    PATH_NAMES,
+    AttentionSettings,
+    FlashSelfAttention,
+    attention_window,
+    select_attention_path,
+)
+from modellink.ops.mc2 import MC2ColumnParallelLinear, MC2RowParallelLinear
+from modellink.ops.mlp import ActivationMLP
+from modellink.ops.norm import LayerNorm, RMSNorm, RMSNormImpl, select_rms_norm
+from modellink.ops.rotary import RotaryImpl, select_rotary
+from modellink.ops.rotary_attention import RotarySelfAttention
+from modellink.ops.swiglu import SwiGLUImpl, select_swiglu
+
+
+@dataclass(frozen=True)
+class OperatorChoices:
+    attention: Optional[AttentionSettings]  # None: megatron-core's DotProductAttention
+    rmsnorm: RMSNormImpl
+    swiglu: SwiGLUImpl
+    rotary: Optional[RotaryImpl]  # None: megatron-core's own RoPE application
+    fused_mc2: bool  # NPU MC2 kernels (elsewhere --use-mc2 keeps megatron-core's SP path)
+
+
+def _resolved(device: str) -> str:
+    if device not in ("npu", "cuda", "cpu"):
+        raise ValueError(f"operators are chosen for a resolved device (npu, cuda or cpu), got "
+                         f"{device!r}: build models after modellink.training.initialize()")
+    return device
+
+
+def window_from_args(args: argparse.Namespace) -> Optional[int]:
+    """The attention window the flags ask for, over the longest sequence the model will see."""
+    return attention_window(args.sliding_window, args.sparse_mode, args.pre_tockens,
+                            max(args.seq_length, args.max_position_embeddings))
+
+
+def operator_choices(args: argparse.Namespace, device: str) -> OperatorChoices:
+    device = _resolved(device)
+    attention = None
+    if args.use_flash_attn or window_from_args(args) is not None:
+        attention = AttentionSettings(
+            path=select_attention_path(device, args.use_flash_attn),
+            sparse_mode=args.sparse_mode, pre_tokens=args.pre_tockens,
+            next_tokens=args.next_tockens, shape_order=args.shape_order)
+    rotary = select_rotary(device, True) if args.use_fused_rotary_pos_emb else None
+    return OperatorChoices(
+        attention=attention,
+        rmsnorm=select_rms_norm(device, args.use_fused_rmsnorm),
+        swiglu=select_swiglu(device, args.use_fused_swiglu),
+        rotary=rotary,
+        fused_mc2=args.use_mc2 and device == "npu",
+    )
 
 
 def norm_spec(args: argparse.Namespace) -> ModuleSpec:
     if args.normalization == "RMSNorm":
-        return ModuleSpec(module=RMSNorm, params={"use_fused": args.use_fused_rmsnorm})
+        impl = select_rms_norm(_resolved(args.device), args.use_fused_rmsnorm)
+        return ModuleSpec(module=RMSNorm, params={"impl": impl})
     return ModuleSpec(module=LayerNorm)
 
 
@@ -36,43 +99,100 @@ class _ModelLinkSpecProvider(LocalSpecProvider):
         return self._norm
 
 
-def decoder_layer_spec(args: argparse.Namespace) -> ModuleSpec:
-    provider = _ModelLinkSpecProvider(args)
-    norm = norm_spec(args)
-    core_attention = FlashSelfAttention if args.use_flash_attn else DotProductAttention
-    mlp = get_mlp_module_spec_for_backend(
-        backend=provider, num_experts=args.num_experts, moe_grouped_gemm=args.moe_grouped_gemm
+def _mlp_spec(args: argparse.Namespace, ops: OperatorChoices) -> ModuleSpec:
+    if args.num_experts is not None:
+        # MoE experts keep megatron-core's linears and activation path.
+        return get_mlp_module_spec_for_backend(backend=_ModelLinkSpecProvider(args),
+                                               num_experts=args.num_experts,
+                                               moe_grouped_gemm=args.moe_grouped_gemm)
+    submodules = MLPSubmodules(
+        linear_fc1=MC2ColumnParallelLinear if ops.fused_mc2 else ColumnParallelLinear,
+        linear_fc2=MC2RowParallelLinear if ops.fused_mc2 else RowParallelLinear)
+    if not (args.use_fused_swiglu and args.swiglu) and not args.recompute_activation_function:
+        return ModuleSpec(module=MLP, submodules=submodules)
+    activation = ops.swiglu.fn if args.swiglu else F.gelu
+    return ModuleSpec(module=ActivationMLP, submodules=submodules,
+                      params={"activation": activation,
+                              "recompute_activation": args.recompute_activation_function})
+
+
+def _self_attention_spec(ops: OperatorChoices) -> ModuleSpec:
+    core_attention = (DotProductAttention if ops.attention is None
+                      else partial(FlashSelfAttention, settings=ops.attention))
+    params = {"attn_mask_type": AttnMaskType.causal}
+    module = SelfAttention
+    if ops.rotary is not None:
+        module, params["rotary"] = RotarySelfAttention, ops.rotary
+    return ModuleSpec(
+        module=module,
+        params=params,
+        submodules=SelfAttentionSubmodules(
+            linear_qkv=MC2ColumnParallelLinear if ops.fused_mc2 else ColumnParallelLinear,
+            core_attention=core_attention,
+            linear_proj=MC2RowParallelLinear if ops.fused_mc2 else RowParallelLinear,
+            q_layernorm=IdentityOp,
+            k_layernorm=IdentityOp,
+        ),
     )
+
+
+def decoder_layer_spec(args: argparse.Namespace) -> ModuleSpec:
+    """One decoder layer for `args.device` (the backend initialize() resolved)."""
+    ops = operator_choices(args, args.device)
+    norm = norm_spec(args)
     return ModuleSpec(
         module=TransformerLayer,
         submodules=TransformerLayerSubmodules(
             input_layernorm=norm,
-            self_attention=ModuleSpec(
-                module=SelfAttention,
-                params={"attn_mask_type": AttnMaskType.causal},
-                submodules=SelfAttentionSubmodules(
-                    linear_qkv=provider.column_parallel_linear(),
-                    core_attention=core_attention,
-                    linear_proj=provider.row_parallel_linear(),
-                    q_layernorm=IdentityOp,
-                    k_layernorm=IdentityOp,
-                ),
-            ),
+            self_attention=_self_attention_spec(ops),
             self_attn_bda=get_bias_dropout_add,
             pre_mlp_layernorm=norm,
-            mlp=mlp,
+            mlp=_mlp_spec(args, ops),
             mlp_bda=get_bias_dropout_add,
         ),
     )
 
 
+def _swiglu_path(args: argparse.Namespace, ops: OperatorChoices, device: str) -> str:
+    if not args.swiglu:
+        return "n/a"
+    if args.num_experts is None:
+        return ops.swiglu.name
+    fused = args.use_fused_swiglu and device == "cuda"
+    return f"MoE experts: megatron-core {'fused bias-swiglu' if fused else 'reference'}"
+
+
 def operator_paths(args: argparse.Namespace, device: str) -> str:
     """One line naming the implementation each fused-operator flag selected on this device."""
-    rmsnorm = ("npu_rms_norm" if device == "npu" else "torch rms_norm") \
-        if args.use_fused_rmsnorm else "reference"
-    swiglu = "megatron fused bias-swiglu" if args.use_fused_swiglu and device == "cuda" \
-        else "reference"
-    return (f"attention: {'torch SDPA' if args.use_flash_attn else 'megatron math'}, "
-            f"rmsnorm: {rmsnorm if args.normalization == 'RMSNorm' else 'n/a'}, "
-            f"swiglu: {swiglu if args.swiglu else 'n/a'}, "
-            f"rotary: {'reference' if args.position_embedding_type == 'rope' else 'n/a'}")
+    ops = operator_choices(args, device)
+    if ops.attention is None:
+        attention = "megatron-core math"
+    else:
+        window = window_from_args(args)
+        attention = PATH_NAMES[ops.attention.path] + (
+            f" (sliding window {window})" if window is not None else "")
+        if ops.attention.path == "npu":
+            attention += f" [{args.shape_order}, sparse mode {args.sparse_mode}]"
+    if args.position_embedding_type != "rope":
+        rotary = "n/a"
+    else:
+        rotary = ops.rotary.name if ops.rotary is not None else "reference (megatron-core)"
+        if args.rope_scaling_type is not None:
+            rotary += f", {args.rope_scaling_type} scaling x{args.rope_scaling_factor}"
+    if not args.use_mc2:
+        mc2 = "off"
+    elif ops.fused_mc2:
+        mc2 = "npu_all_gather_base_mm / npu_mm_reduce_scatter_base"
+    else:
+        mc2 = "megatron-core sequence-parallel all-gather/reduce-scatter + matmul (no MC2 kernels)"
+    recompute = args.recompute_granularity or "off"
+    if args.recompute_granularity == "full":
+        recompute += f" ({args.recompute_method}, {args.recompute_num_layers} layers)"
+    elif args.recompute_granularity == "selective":
+        recompute += f" ({', '.join(args.recompute_modules or ['core_attn'])})"
+    if args.recompute_activation_function:
+        recompute += ", activation function"
+    rmsnorm = ops.rmsnorm.name if args.normalization == "RMSNorm" else "n/a"
+    return (f"attention: {attention}, rmsnorm: {rmsnorm}, "
+            f"swiglu: {_swiglu_path(args, ops, device)}, rotary: {rotary}, mc2: {mc2}, "
+            f"recompute: {recompute}")

@@ -1,14 +1,29 @@
-"""RMSNorm and LayerNorm modules for megatron-core layer specs.
+"""RMSNorm and LayerNorm modules for megatron-core layer specs (`--use-fused-rmsnorm`).
 
 megatron-core's torch-backed norm refuses sequence parallelism, and its fused norms need apex
 or Transformer Engine; these modules work with both and mark their weights for the
 sequence-parallel gradient all-reduce.
+
+RMSNorm paths: reference (fp32 statistics, as Hugging Face's Llama); npu -> torch_npu.npu_rms_norm;
+cuda -> torch's rms_norm (a fused CUDA kernel with fused backward); cpu -> `_RMSNormFunction`, one
+autograd node that keeps only the input and the per-row 1/rms for backward.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import TransformerConfig
+
+NormFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RMSNormImpl:
+    name: str
+    fn: NormFn
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -18,25 +33,69 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
     return weight * normed.to(x.dtype)
 
 
-def rms_norm_fused(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    if x.device.type == "npu":
-        import torch_npu
+class _RMSNormFunction(torch.autograd.Function):
+    """The reference's math with a hand-written backward: dx = rstd * (g' - n * mean(g' * n)),
+    g' = grad * weight, n = x * rstd. Autograd of the reference keeps x in fp32 and the
+    normalised tensor as well; this keeps x (in its own dtype) and one float per row, and its
+    backward makes fewer passes over memory."""
 
-        return torch_npu.npu_rms_norm(x, weight, epsilon=eps)[0]
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        x32 = x.float()
+        rstd = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return weight * (x32 * rstd).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor):
+        x, weight, rstd = ctx.saved_tensors
+        normed = x.float() * rstd
+        grad_weight = (grad * normed.to(x.dtype)).reshape(-1, x.shape[-1]).sum(0)
+        scaled = (grad * weight).float()
+        mean_dot = (scaled * normed).mean(-1, keepdim=True)
+        grad_x = torch.addcmul(scaled, normed, mean_dot, value=-1).mul_(rstd)
+        return grad_x.to(x.dtype), grad_weight.to(weight.dtype), None
+
+
+def rms_norm_cpu(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return _RMSNormFunction.apply(x, weight, eps)
+
+
+def rms_norm_cuda(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return F.rms_norm(x, (x.shape[-1],), weight, eps)
+
+
+def rms_norm_npu(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    import torch_npu
+
+    # npu_rms_norm(self, gamma, epsilon=1e-06) -> (y, rstd); gamma must share x's dtype.
+    return torch_npu.npu_rms_norm(x, weight.to(x.dtype), epsilon=eps)[0]
+
+
+_FUSED = {
+    "npu": RMSNormImpl("npu_rms_norm", rms_norm_npu),
+    "cuda": RMSNormImpl("torch fused rms_norm", rms_norm_cuda),
+    "cpu": RMSNormImpl("rmsnorm autograd function", rms_norm_cpu),
+}
+REFERENCE = RMSNormImpl("reference", rms_norm_reference)
+
+
+def select_rms_norm(device: str, fused: bool) -> RMSNormImpl:
+    """The implementation `--use-fused-rmsnorm` (fused=True) or its absence selects."""
+    return _FUSED[device] if fused else REFERENCE
 
 
 class RMSNorm(torch.nn.Module):
     def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5,
-                 use_fused: bool = False) -> None:
+                 impl: RMSNormImpl = REFERENCE) -> None:
         super().__init__()
         self.eps = eps
         self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
         setattr(self.weight, "sequence_parallel", config.sequence_parallel)
-        self._impl = rms_norm_fused if use_fused else rms_norm_reference
+        self._fn = impl.fn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._impl(x, self.weight, self.eps)
+        return self._fn(x, self.weight, self.eps)
 
 
 class LayerNorm(torch.nn.Module):
@@ -50,4 +109,3 @@ class LayerNorm(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
-

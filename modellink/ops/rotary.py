@@ -1,0 +1,109 @@
+"""Rotary position embedding applied to query/key for `--use-fused-rotary-pos-emb`.
+
+`freqs` is megatron-core's rotary embedding, angles of shape [s, 1, 1, rot_dim] (the two halves
+repeat), and `mscale` YaRN's attention factor; both as megatron-core's attention receives them.
+
+Paths: reference -> megatron-core's `_apply_rotary_pos_emb_bshd`; npu -> torch_npu.npu_rotary_mul
+(SBND input with S11D cos/sin); cuda -> flash-attn's Triton rotary kernel when flash-attn is
+installed, else `_RotaryMul`; cpu -> `_RotaryMul`, one autograd node whose backward is the same
+rotation with -sin (nothing but cos/sin kept for backward).
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Callable, Tuple
+
+import torch
+from megatron.core.models.common.embeddings.rope_utils import _apply_rotary_pos_emb_bshd
+
+RotaryFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RotaryImpl:
+    name: str
+    fn: RotaryFn
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = torch.chunk(x, 2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def cos_sin(freqs: torch.Tensor, mscale: float, dtype: torch.dtype
+            ) -> Tuple[torch.Tensor, torch.Tensor]:
+    # Same rounding as megatron-core: scale in fp32, then cast to the activation dtype.
+    return (torch.cos(freqs) * mscale).to(dtype), (torch.sin(freqs) * mscale).to(dtype)
+
+
+def _split_rotary(t: torch.Tensor, freqs: torch.Tensor, rotate: Callable[[torch.Tensor],
+                  torch.Tensor]) -> torch.Tensor:
+    """Rotate the first rot_dim channels (all of them unless --rotary-percent < 1)."""
+    rot_dim = freqs.shape[-1]
+    if rot_dim == t.shape[-1]:
+        return rotate(t)
+    return torch.cat((rotate(t[..., :rot_dim]), t[..., rot_dim:]), dim=-1)
+
+
+def rotary_reference(t: torch.Tensor, freqs: torch.Tensor, mscale: float) -> torch.Tensor:
+    return _apply_rotary_pos_emb_bshd(t, freqs, mscale=mscale)
+
+
+class _RotaryMul(torch.autograd.Function):
+    """y = t*cos + R(t)*sin with R = rotate_half. R is linear with R^T = -R, and sin repeats over
+    the two halves, so dL/dt = g*cos - R(g)*sin."""
+
+    @staticmethod
+    def forward(ctx: object, t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                ) -> torch.Tensor:
+        ctx.save_for_backward(cos, sin)
+        return t * cos + rotate_half(t) * sin
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor):
+        cos, sin = ctx.saved_tensors
+        return grad * cos - rotate_half(grad) * sin, None, None
+
+
+def rotary_autograd(t: torch.Tensor, freqs: torch.Tensor, mscale: float) -> torch.Tensor:
+    cos, sin = cos_sin(freqs, mscale, t.dtype)
+    return _split_rotary(t, freqs, lambda x: _RotaryMul.apply(x, cos, sin))
+
+
+def rotary_flash_attn(t: torch.Tensor, freqs: torch.Tensor, mscale: float) -> torch.Tensor:
+    from flash_attn.layers.rotary import apply_rotary_emb
+
+    # flash-attn wants [b, s, heads, dim] and cos/sin of [s, rot_dim / 2] (one half); this is
+    # the call megatron-core's own apply_rotary_pos_emb_with_cos_sin makes.
+    half = freqs[:, 0, 0, : freqs.shape[-1] // 2]
+    cos, sin = cos_sin(half, mscale, t.dtype)
+    return apply_rotary_emb(t.transpose(0, 1), cos, sin, False).transpose(0, 1)
+
+
+def rotary_npu(t: torch.Tensor, freqs: torch.Tensor, mscale: float) -> torch.Tensor:
+    import torch_npu
+
+    # npu_rotary_mul(x, r1, r2): 4-D x in SBND with r1 = cos, r2 = sin in S11D, same dtype.
+    cos, sin = cos_sin(freqs, mscale, t.dtype)
+    return _split_rotary(t, freqs, lambda x: torch_npu.npu_rotary_mul(x, cos, sin))
+
+
+def _cuda_impl() -> RotaryImpl:
+    if importlib.util.find_spec("flash_attn") is not None:
+        return RotaryImpl("flash-attn rotary kernel", rotary_flash_attn)
+    return RotaryImpl("rotary autograd function", rotary_autograd)
+
+
+REFERENCE = RotaryImpl("reference", rotary_reference)
+
+
+def select_rotary(device: str, fused: bool) -> RotaryImpl:
+    """The implementation `--use-fused-rotary-pos-emb` (fused=True) or its absence selects."""
+    if not fused:
+        return REFERENCE
+    if device == "npu":
+        return RotaryImpl("npu_rotary_mul", rotary_npu)
+    if device == "cuda":
+        return _cuda_impl()
+    return RotaryImpl("rotary autograd function", rotary_autograd)
