@@ -1,0 +1,66 @@
+"""`evaluation.py`: load a checkpoint, score each --task, print tables and write JSON."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from typing import List, Optional, Sequence
+
+import torch
+
+from modellink.evaluation.arguments import LM_EVAL_PREFIX, parse_evaluation_args
+from modellink.evaluation.benchmarks import load_questions
+from modellink.evaluation.lm import ModelLinkLM
+from modellink.evaluation.perplexity import perplexity
+from modellink.evaluation.results import TaskResult, write_results
+from modellink.evaluation.scoring import score
+from modellink.inference.model import load_model
+
+
+def _print(text: str) -> None:
+    if torch.distributed.get_rank() == 0:
+        print(text, flush=True)
+
+
+def run(argv: Optional[Sequence[str]] = None) -> List[TaskResult]:
+    args = parse_evaluation_args(argv)
+    harness = [t[len(LM_EVAL_PREFIX):] for t in args.task if t.startswith(LM_EVAL_PREFIX)]
+    if harness and importlib.util.find_spec("lm_eval") is None:
+        raise ValueError("--task lm_eval:... needs the lm-eval package (pip install lm-eval)")
+    # Read every benchmark first: a folder in the wrong layout fails before the model loads.
+    paths = iter(args.task_data_path)
+    questions = {task: load_questions(task, next(paths), args.eval_language,
+                                      args.instruction_template, args.max_eval_samples)
+                 for task in args.task if task != "ppl" and not task.startswith(LM_EVAL_PREFIX)}
+    model = load_model(args)
+    results: List[TaskResult] = []
+    try:
+        lm = ModelLinkLM(model, args)
+        for task in args.task:
+            if task == "ppl":
+                results.append(perplexity(lm, args))
+            elif task in questions:
+                results.append(score(task, lm, questions[task], args.evaluation_batch_size,
+                                     args.max_new_tokens, args.human_eval_timeout))
+            else:
+                continue
+            _print(results[-1].table() + "\n")
+        if harness:
+            from modellink.evaluation.lm_eval_adapter import run_harness
+
+            for result in run_harness(lm, harness, args.evaluation_batch_size,
+                                      args.max_new_tokens, args.max_eval_samples):
+                results.append(result)
+                _print(result.table() + "\n")
+        if torch.distributed.get_rank() == 0:
+            write_results(results, args.eval_output)
+            print(f"results written to {args.eval_output}", flush=True)
+    finally:
+        model.close()
+        torch.distributed.destroy_process_group()
+    return results
+
+
+def main() -> int:
+    from modellink.errors import run_cli
+
+    return run_cli(lambda: run(sys.argv[1:]))
