@@ -5,7 +5,8 @@
 
 Every rank writes into `iter_0000100.tmp/`; after a barrier rank 0 renames it into place and
 only then updates the tracker file, so a crash mid-save leaves the previous checkpoint intact
-and `latest` pointing at it.
+and `latest` pointing at it. On load, a latest checkpoint that any rank cannot read falls back
+(with a warning) to the newest older one that every rank can read.
 """
 from __future__ import annotations
 
@@ -14,12 +15,19 @@ import copy
 import os
 import random
 import shutil
+import sys
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy
 import torch
 from megatron.core import parallel_state, tensor_parallel
+
+from modellink.training.checkpoint_retention import (
+    prune_checkpoints,
+    remove_partial_saves,
+    saved_iterations,
+)
 
 TRACKER_FILENAME = "latest_checkpointed_iteration.txt"
 MODEL_FILENAME = "model_optim_rng.pt"
@@ -38,11 +46,16 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be loaded as asked; the message names the file or flag."""
 
 
+class _LayoutMismatch(CheckpointError):
+    """Readable but saved under another parallel layout: an older checkpoint will not help."""
+
+
 @dataclass
 class LoadedState:
     iteration: int = 0
     consumed_train_samples: int = 0
     consumed_valid_samples: int = 0
+    dying_gasp: Optional[str] = None  # why the run that wrote it stopped early, if it did
 
 
 def iteration_dir(root: str, iteration: int) -> str:
@@ -96,13 +109,14 @@ def _save_file(obj: Any, path: str) -> None:
 
 def save_checkpoint(args: argparse.Namespace, iteration: int, model: List[torch.nn.Module],
                     optimizer: Any, scheduler: Any, consumed_train_samples: int,
-                    consumed_valid_samples: int) -> str:
-    """Collective: every rank calls it. Returns the final iteration directory."""
+                    consumed_valid_samples: int, dying_gasp: Optional[str] = None) -> str:
+    """Collective: every rank calls it. Returns the final iteration directory. `dying_gasp`
+    names why the run is stopping early; it is stored in the checkpoint as `dying_gasp`."""
     final_dir = iteration_dir(args.save, iteration)
     tmp_dir = final_dir + ".tmp"
     rank0 = torch.distributed.get_rank() == 0
     if rank0:
-        shutil.rmtree(tmp_dir, ignore_errors=True)  # leftovers of a save that crashed
+        remove_partial_saves(args.save)
         os.makedirs(tmp_dir)
     torch.distributed.barrier()
 
@@ -119,7 +133,7 @@ def save_checkpoint(args: argparse.Namespace, iteration: int, model: List[torch.
         saved_args.consumed_train_samples = consumed_train_samples
         saved_args.consumed_valid_samples = consumed_valid_samples
         state: Dict[str, Any] = {"args": saved_args, "checkpoint_version": CHECKPOINT_VERSION,
-                                 "iteration": iteration}
+                                 "iteration": iteration, "dying_gasp": dying_gasp}
         chunks = [_unwrap(c).state_dict_for_save_checkpoint() for c in model]
         if len(chunks) == 1:
             state["model"] = chunks[0]
@@ -149,6 +163,8 @@ def save_checkpoint(args: argparse.Namespace, iteration: int, model: List[torch.
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tracker_tmp, os.path.join(args.save, TRACKER_FILENAME))
+        if args.keep_last_n_checkpoints:
+            prune_checkpoints(args.save, args.keep_last_n_checkpoints, iteration)
     torch.distributed.barrier()
     return final_dir
 
@@ -167,14 +183,14 @@ def read_tracker(root: str) -> Optional[int]:
     return int(text)
 
 
-def _load_file(path: str) -> Dict[str, Any]:
+def _load_file(path: str, mmap: bool = False) -> Dict[str, Any]:
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file missing: {path} (was it saved with another "
                               f"parallel layout?)")
     try:
         # Megatron checkpoints pickle the argparse namespace, so weights_only loading refuses
         # them; the trust model is Megatron-LM's: load only checkpoints you wrote.
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as exc:
         raise CheckpointError(f"corrupt checkpoint file {path}: {type(exc).__name__}: {exc}") from None
 
@@ -183,20 +199,80 @@ def _check_layout(saved: argparse.Namespace, args: argparse.Namespace, path: str
     for attr, flag in _LAYOUT_FLAGS.items():
         was, now = getattr(saved, attr, None), getattr(args, attr, None)
         if was != now:
-            raise CheckpointError(f"{path} was saved with {flag} {was}, this run uses {now}; "
+            raise _LayoutMismatch(f"{path} was saved with {flag} {was}, this run uses {now}; "
                                   f"reshard it with tools/checkpoint/convert_ckpt.py")
+
+
+def _warn(message: str) -> None:
+    if torch.distributed.get_rank() == 0:
+        print(f"WARNING: {message}", file=sys.stderr, flush=True)
+
+
+def _candidate_iterations(root: str) -> List[int]:
+    """The tracker's iteration, then older complete ones, newest first."""
+    try:
+        latest = read_tracker(root)
+    except CheckpointError as exc:
+        older = saved_iterations(root)
+        if not older or "corrupt" not in str(exc):
+            raise
+        _warn(f"{exc}; trying the newest iteration directory instead")
+        return older
+    if latest is None:
+        return []
+    return [latest] + [it for it in saved_iterations(root) if it < latest]
+
+
+def _read_rank_files(args: argparse.Namespace, iteration: int, load_optim: bool
+                     ) -> Tuple[str, Dict[str, Any]]:
+    rank_dir = os.path.join(iteration_dir(args.load, iteration), rank_dirname(args))
+    state = _load_file(os.path.join(rank_dir, MODEL_FILENAME))
+    if "args" in state:
+        _check_layout(state["args"], args, rank_dir)
+    saved_sharded = getattr(state.get("args"), "use_distributed_optimizer", False)
+    if load_optim and saved_sharded and parallel_state.get_data_parallel_rank() == 0:
+        # A zip-directory read (mmap) finds a missing or truncated shard file without
+        # reading the shards twice.
+        _load_file(os.path.join(rank_dir, OPTIMIZER_FILENAME), mmap=True)
+    return rank_dir, state
+
+
+def _select_checkpoint(args: argparse.Namespace, load_optim: bool
+                       ) -> Optional[Tuple[int, str, Dict[str, Any]]]:
+    """Collective: the newest checkpoint every rank can read, with this rank's state."""
+    first_error: Optional[str] = None
+    for iteration in _candidate_iterations(args.load):
+        error: Optional[Tuple[bool, str]] = None
+        try:
+            rank_dir, state = _read_rank_files(args, iteration, load_optim)
+        except CheckpointError as exc:
+            error = (isinstance(exc, _LayoutMismatch), str(exc))
+        errors: List[Optional[Tuple[bool, str]]] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(errors, error)
+        mismatches = [e[1] for e in errors if e is not None and e[0]]
+        if mismatches:
+            raise CheckpointError(mismatches[0])
+        failures = [e[1] for e in errors if e is not None]
+        if not failures:
+            if first_error is not None:
+                _warn(f"resuming from the older checkpoint at iteration {iteration}")
+            return iteration, rank_dir, state
+        first_error = first_error or failures[0]
+        _warn(f"checkpoint at iteration {iteration} is unreadable: {failures[0]}")
+    if first_error is not None:
+        raise CheckpointError(first_error)
+    return None
 
 
 def load_checkpoint(args: argparse.Namespace, model: List[torch.nn.Module], optimizer: Any,
                     scheduler: Any) -> LoadedState:
-    iteration = read_tracker(args.load)
-    if iteration is None:
+    load_optim = optimizer is not None and not args.no_load_optim and not args.finetune
+    selected = _select_checkpoint(args, load_optim)
+    if selected is None:
         return LoadedState()
-    rank_dir = os.path.join(iteration_dir(args.load, iteration), rank_dirname(args))
-    state = _load_file(os.path.join(rank_dir, MODEL_FILENAME))
+    iteration, rank_dir, state = selected
     if "args" not in state or "iteration" not in state:
         raise CheckpointError(f"{rank_dir}/{MODEL_FILENAME} is not a Megatron checkpoint")
-    _check_layout(state["args"], args, rank_dir)
 
     keys = ["model"] if len(model) == 1 else [f"model{i}" for i in range(len(model))]
     for key, chunk in zip(keys, model):
@@ -211,7 +287,7 @@ def load_checkpoint(args: argparse.Namespace, model: List[torch.nn.Module], opti
 
     if args.finetune:
         return LoadedState()
-    if optimizer is not None and not args.no_load_optim:
+    if load_optim:
         if "optimizer" not in state:
             raise CheckpointError(f"{rank_dir} holds no optimizer state; pass --no-load-optim")
         if getattr(state["args"], "use_distributed_optimizer", False) != args.use_distributed_optimizer:
@@ -231,5 +307,9 @@ def load_checkpoint(args: argparse.Namespace, model: List[torch.nn.Module], opti
             raise CheckpointError(f"{rank_dir} holds no RNG state; pass --no-load-rng")
         _set_rng_state(state["rng_state"][0])
     saved = state["args"]
+    dying_gasp = state.get("dying_gasp")
+    if dying_gasp and torch.distributed.get_rank() == 0:
+        print(f"modellink: resuming from a dying-gasp checkpoint at iteration {iteration} "
+              f"(saved on {dying_gasp})", flush=True)
     return LoadedState(iteration, getattr(saved, "consumed_train_samples", 0),
-                       getattr(saved, "consumed_valid_samples", 0))
+                       getattr(saved, "consumed_valid_samples", 0), dying_gasp)

@@ -29,6 +29,7 @@ def build_model(args: argparse.Namespace, config: TransformerConfig) -> List[tor
         overlap_param_gather=args.overlap_param_gather,
         use_distributed_optimizer=args.use_distributed_optimizer,
         bucket_size=args.ddp_bucket_size,
+        check_for_nan_in_grad=args.check_for_nan_in_loss_and_grad,
     )
     # Only the first chunk gets bucketed overlap; Megatron-LM does the same for VPP.
     return [

@@ -17,6 +17,7 @@ from megatron.core.num_microbatches_calculator import (
 
 from modellink import backend as backends
 from modellink.patches import apply_patches
+from modellink.training.determinism import enable_deterministic_computation
 
 
 def _free_port() -> int:
@@ -40,6 +41,8 @@ def initialize(args: argparse.Namespace) -> backends.Backend:
     backends.activate(backend)
     apply_patches()
     args.device = backend.device
+    if args.use_deter_comp:  # before the communicator exists: HCCL reads its setting then
+        enable_deterministic_computation()
     if not torch.distributed.is_initialized():
         _default_single_process_env()
         torch.distributed.init_process_group(

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -14,7 +15,11 @@ from megatron.core.num_microbatches_calculator import get_num_microbatches
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from modellink.training.checkpointing import save_checkpoint
-from modellink.training.metrics import training_log_line
+from modellink.training.exit_conditions import ExitMonitor
+from modellink.training.metrics import flops_per_iteration, training_log_line
+from modellink.training.monitor import TrainingMonitor
+from modellink.training.numerics import NonFiniteError, check_loss, is_grad_check_failure
+from modellink.training.profiling import StepProfiler
 
 
 @dataclass
@@ -33,6 +38,7 @@ class TrainState:
     consumed_train_samples: int = 0
     consumed_valid_samples: int = 0
     last_saved_iteration: Optional[int] = None
+    exit_reason: Optional[str] = None  # set when the run stopped early and saved a dying gasp
     history: List[IterationRecord] = field(default_factory=list)
     validation: List[Tuple[int, float]] = field(default_factory=list)
 
@@ -41,21 +47,24 @@ def _batch_to_device(batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return {key: value.cuda(non_blocking=True) for key, value in batch.items()}
 
 
-def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor
+def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor, check_nan: bool = False
               ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
     """Sum of masked token losses and the token count; the schedule averages them."""
     mask = loss_mask.view(-1).float()
     loss_sum = torch.sum(output_tensor.view(-1).float() * mask)
+    if check_nan:
+        check_loss(loss_sum)
     num_tokens = mask.sum().to(torch.int)
     report = torch.stack([loss_sum.detach(), mask.sum()])
     return loss_sum, num_tokens, {"lm loss": report}
 
 
-def forward_step(data_iterator: Iterator, model: torch.nn.Module) -> Tuple[torch.Tensor, Callable]:
+def forward_step(data_iterator: Iterator, model: torch.nn.Module, check_nan: bool = False
+                 ) -> Tuple[torch.Tensor, Callable]:
     batch = _batch_to_device(next(data_iterator))
     output = model(batch["tokens"], batch["position_ids"], batch.get("attention_mask"),
                    labels=batch["labels"])
-    return output, partial(loss_func, batch["loss_mask"])
+    return output, partial(loss_func, batch["loss_mask"], check_nan=check_nan)
 
 
 def _reduce_reported_loss(losses: List[Dict[str, torch.Tensor]]) -> Optional[float]:
@@ -78,7 +87,8 @@ def configure_model_hooks(config: Any, model: List[torch.nn.Module], optimizer: 
 def _run_schedule(model: List[torch.nn.Module], data_iterators: List[Iterator],
                   args: argparse.Namespace, forward_only: bool) -> List[Dict[str, torch.Tensor]]:
     return get_forward_backward_func()(
-        forward_step_func=forward_step,
+        forward_step_func=partial(forward_step,
+                                  check_nan=args.check_for_nan_in_loss_and_grad),
         data_iterator=data_iterators if len(data_iterators) > 1 else data_iterators[0],
         model=model,
         num_microbatches=get_num_microbatches(),
@@ -89,17 +99,41 @@ def _run_schedule(model: List[torch.nn.Module], data_iterators: List[Iterator],
     )
 
 
+@dataclass
+class StepResult:
+    loss: Optional[float]
+    grad_norm: Optional[float]
+    skipped: bool  # fp16 loss scaling found inf/nan gradients and skipped the update
+    timers: Dict[str, float]  # seconds, by Megatron-LM timer name
+
+
 def train_step(model: List[torch.nn.Module], optimizer: Any, scheduler: Any,
-               data_iterators: List[Iterator], args: argparse.Namespace
-               ) -> Tuple[Optional[float], Optional[float], bool]:
+               data_iterators: List[Iterator], args: argparse.Namespace) -> StepResult:
+    start = time.perf_counter()
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
     losses = _run_schedule(model, data_iterators, args, forward_only=False)
+    backward_done = time.perf_counter()
     update_successful, grad_norm, _ = optimizer.step()
     if update_successful:
         scheduler.step(increment=args.global_batch_size)
-    return _reduce_reported_loss(losses), grad_norm, not update_successful
+    timers = {"forward-backward": backward_done - start,
+              "optimizer": time.perf_counter() - backward_done}
+    return StepResult(_reduce_reported_loss(losses), grad_norm, not update_successful, timers)
+
+
+def _guarded_train_step(model: List[torch.nn.Module], optimizer: Any, scheduler: Any,
+                        data_iterators: List[Iterator], args: argparse.Namespace,
+                        iteration: int) -> StepResult:
+    try:
+        return train_step(model, optimizer, scheduler, data_iterators, args)
+    except NonFiniteError as exc:
+        raise NonFiniteError(f"iteration {iteration}, {exc}") from None
+    except RuntimeError as exc:
+        if args.check_for_nan_in_loss_and_grad and is_grad_check_failure(exc):
+            raise NonFiniteError(f"iteration {iteration}: {exc}") from None
+        raise
 
 
 @torch.no_grad()
@@ -128,59 +162,112 @@ def _log(message: str) -> None:
 
 def train(args: argparse.Namespace, model: List[torch.nn.Module], optimizer: Any, scheduler: Any,
           train_iterators: List[Iterator], valid_iterators: Optional[List[Iterator]],
-          state: TrainState) -> TrainState:
+          state: TrainState, start_time: Optional[float] = None) -> TrainState:
+    """`start_time` (time.time() at launch) anchors --exit-duration-in-mins."""
+    exit_monitor = ExitMonitor(args, time.time() if start_time is None else start_time)
+    profiler = StepProfiler(args, torch.distributed.get_rank())
+    monitor = TrainingMonitor(args, writes=_is_logging_rank())
+    exit_monitor.install()
+    try:
+        return _train_iterations(args, model, optimizer, scheduler, train_iterators,
+                                 valid_iterators, state, exit_monitor, profiler, monitor)
+    finally:
+        exit_monitor.restore()
+        profiler.stop()
+        monitor.close()
+
+
+def _train_iterations(args: argparse.Namespace, model: List[torch.nn.Module], optimizer: Any,
+                      scheduler: Any, train_iterators: List[Iterator],
+                      valid_iterators: Optional[List[Iterator]], state: TrainState,
+                      exit_monitor: ExitMonitor, profiler: StepProfiler,
+                      monitor: TrainingMonitor) -> TrainState:
     for chunk in model:
         chunk.train()
     world = torch.distributed.get_world_size()
-    skipped_since_log, interval_start = 0, time.perf_counter()
+    skipped_since_log, nan_since_log, interval_start = 0, 0, time.perf_counter()
     iterations_since_log = 0
     while state.iteration < args.train_iters:
+        profiler.before_step(state.iteration)
         step_start = time.perf_counter()
-        loss, grad_norm, skipped = train_step(model, optimizer, scheduler, train_iterators, args)
+        step = _guarded_train_step(model, optimizer, scheduler, train_iterators, args,
+                                   state.iteration + 1)
         step_seconds = time.perf_counter() - step_start
+        profiler.after_step(state.iteration)
         state.iteration += 1
         state.consumed_train_samples += args.global_batch_size
         iterations_since_log += 1
-        skipped_since_log += int(skipped)
+        skipped_since_log += int(step.skipped)
+        nan_since_log += int(step.loss is not None and not math.isfinite(step.loss))
         learning_rate = optimizer.param_groups[0]["lr"]
-        if loss is not None:
-            state.history.append(IterationRecord(state.iteration, loss, grad_norm,
-                                                 learning_rate, skipped, step_seconds))
+        loss_scale = optimizer.get_loss_scale().item()
+        if step.loss is not None:
+            state.history.append(IterationRecord(state.iteration, step.loss, step.grad_norm,
+                                                 learning_rate, step.skipped, step_seconds))
+        _monitor_step(args, monitor, state, step, learning_rate, loss_scale, step_seconds, world)
         if state.iteration % args.log_interval == 0:
             elapsed_ms = (time.perf_counter() - interval_start) * 1000 / iterations_since_log
             _log(training_log_line(
                 args, state.iteration, state.consumed_train_samples, elapsed_ms, learning_rate,
-                loss, optimizer.get_loss_scale().item(), grad_norm, skipped_since_log, 0, world))
-            skipped_since_log, iterations_since_log = 0, 0
+                step.loss, loss_scale, step.grad_norm, skipped_since_log, nan_since_log, world))
+            skipped_since_log, nan_since_log, iterations_since_log = 0, 0, 0
             interval_start = time.perf_counter()
         if valid_iterators and args.eval_iters > 0 and state.iteration % args.eval_interval == 0:
-            _validate(args, model, valid_iterators, state)
+            _validate(args, model, valid_iterators, state, monitor)
             interval_start = time.perf_counter()
+        exit_reason = exit_monitor.exit_reason()
         exiting = bool(args.exit_interval) and state.iteration % args.exit_interval == 0
-        if args.save and (exiting or args.save_interval
+        if args.save and (exit_reason or exiting or args.save_interval
                           and state.iteration % args.save_interval == 0):
-            save(args, model, optimizer, scheduler, state)
+            save(args, model, optimizer, scheduler, state, dying_gasp=exit_reason)
             interval_start = time.perf_counter()
+        if exit_reason:
+            state.exit_reason = exit_reason
+            _log(f"exiting program at iteration {state.iteration} ({exit_reason})")
+            break
         if exiting:
             _log(f"exiting program at iteration {state.iteration} (--exit-interval)")
             break
     return state
 
 
+def _monitor_step(args: argparse.Namespace, monitor: TrainingMonitor, state: TrainState,
+                  step: StepResult, learning_rate: float, loss_scale: float,
+                  step_seconds: float, world: int) -> None:
+    if not monitor.active:
+        return
+    scalars = {"learning-rate": learning_rate, "batch-size": float(args.global_batch_size),
+               "loss-scale": loss_scale, "skipped-iterations": float(step.skipped)}
+    if step.loss is not None:
+        scalars["lm loss"] = step.loss
+    if step.grad_norm is not None:
+        scalars["grad-norm"] = step.grad_norm
+    throughput = {
+        "throughput": flops_per_iteration(args) / (step_seconds * 1e12 * world),
+        "tokens-per-second-per-device":
+            args.global_batch_size * args.seq_length / step_seconds / world,
+    }
+    timers = dict(step.timers, **{"iteration": step_seconds})
+    monitor.log_iteration(state.iteration, scalars, throughput, timers)
+
+
 def save(args: argparse.Namespace, model: List[torch.nn.Module], optimizer: Any, scheduler: Any,
-         state: TrainState) -> None:
+         state: TrainState, dying_gasp: Optional[str] = None) -> None:
     save_checkpoint(args, state.iteration, model, optimizer, scheduler,
-                    state.consumed_train_samples, state.consumed_valid_samples)
+                    state.consumed_train_samples, state.consumed_valid_samples, dying_gasp)
     state.last_saved_iteration = state.iteration
-    _log(f"saved checkpoint at iteration {state.iteration:7d} to {args.save}")
+    kind = f"dying-gasp checkpoint ({dying_gasp})" if dying_gasp else "checkpoint"
+    _log(f"saved {kind} at iteration {state.iteration:7d} to {args.save}")
 
 
 def _validate(args: argparse.Namespace, model: List[torch.nn.Module],
-              valid_iterators: List[Iterator], state: TrainState) -> None:
+              valid_iterators: List[Iterator], state: TrainState,
+              monitor: TrainingMonitor) -> None:
     loss = evaluate(model, valid_iterators, args)
     state.consumed_valid_samples += args.eval_iters * args.global_batch_size
     if loss is not None:
         state.validation.append((state.iteration, loss))
+        monitor.log_scalars(state.iteration, {"lm loss validation": loss})
         ppl = float(torch.exp(torch.tensor(min(loss, 20.0))))
         _log(f" validation loss at iteration {state.iteration} | lm loss value: {loss:.6E} | "
              f"lm loss PPL: {ppl:.6E} |")

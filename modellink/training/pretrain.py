@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Any, List, Optional, Sequence
 
 import torch
@@ -63,6 +64,7 @@ def _log_setup(args: argparse.Namespace, model: List[torch.nn.Module]) -> None:
 
 
 def pretrain(argv: Optional[Sequence[str]] = None) -> TrainState:
+    start_time = time.time()  # --exit-duration-in-mins counts set-up time too, as Megatron-LM
     args = parse_args(argv)
     tokenizer = _training_tokenizer(args)
     args.padded_vocab_size = padded_vocab_size(tokenizer.vocab_size, args)
@@ -83,7 +85,8 @@ def pretrain(argv: Optional[Sequence[str]] = None) -> TrainState:
         train_iters = _iterators(train_ds, args, state.consumed_train_samples, len(model))
         valid_iters = _iterators(valid_ds, args, state.consumed_valid_samples, len(model))
         start = state.iteration
-        state = train(args, model, optimizer, scheduler, train_iters, valid_iters, state)
+        state = train(args, model, optimizer, scheduler, train_iters, valid_iters, state,
+                      start_time)
         if args.save and state.iteration > start and state.last_saved_iteration != state.iteration:
             save(args, model, optimizer, scheduler, state)
         torch.distributed.barrier()
