@@ -13,6 +13,9 @@ import os
 from typing import List, Optional, Sequence
 
 from modellink.data.tokenizers import add_tokenizer_arguments
+from modellink.models.feature_args import add_model_feature_arguments, validate_model_features
+from modellink.training.finetune_args import add_finetune_arguments, validate_finetune_args
+from modellink.training.lora_args import add_lora_arguments, validate_lora_args
 
 
 class ArgumentError(ValueError):
@@ -27,12 +30,15 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(description="modellink pretraining", allow_abbrev=False)
     _add_model_args(parser)
+    add_model_feature_arguments(parser)
     _add_parallel_args(parser)
     _add_training_args(parser)
     _add_mixed_precision_args(parser)
     _add_moe_args(parser)
     _add_data_args(parser)
     add_tokenizer_arguments(parser)
+    add_finetune_arguments(parser)
+    add_lora_arguments(parser)
     _add_checkpoint_args(parser)
     _add_logging_args(parser)
     _add_fused_op_args(parser)
@@ -53,9 +59,17 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seq-length", type=int, required=True)
     g.add_argument("--max-position-embeddings", type=int, default=None)
     g.add_argument("--position-embedding-type", default="learned_absolute",
-                   choices=["learned_absolute", "rope", "none"])
+                   choices=["learned_absolute", "rope", "alibi", "none"])
     g.add_argument("--rotary-base", type=int, default=10000)
-    g.add_argument("--rotary-percent", type=float, default=1.0)
+    g.add_argument("--rotary-percent", type=float, default=1.0,
+                   help="fraction of each head's channels RoPE rotates (ChatGLM: 0.5)")
+    g.add_argument("--rotary-interleaved", "--use-glm-rope", action="store_true",
+                   dest="rotary_interleaved",
+                   help="rotate adjacent channel pairs (GPT-J / ChatGLM) instead of halves; "
+                        "--use-glm-rope is ModelLink's spelling")
+    g.add_argument("--no-rope-fusion", action="store_false", dest="apply_rope_fusion",
+                   help="Megatron-LM's switch off Transformer Engine's fused RoPE, which is "
+                        "never used here (modellink's fused RoPE: --use-fused-rotary-pos-emb)")
     g.add_argument("--rope-scaling-type", default=None, choices=["llama3", "yarn"],
                    help="RoPE frequency scaling for long context (Llama 3.x / YaRN)")
     g.add_argument("--use-rope-scaling", action="store_true",
@@ -263,6 +277,12 @@ def _add_resilience_args(parser: argparse.ArgumentParser) -> None:
                    help="save (with --save) and exit once the run has lasted this long")
     g.add_argument("--keep-last-n-checkpoints", type=int, default=None,
                    help="after each save, delete all but the newest N iteration directories")
+    g.add_argument("--enable-high-availability", action="store_true",
+                   help="an exception in the train loop saves a dying-gasp checkpoint (with "
+                        "--save) before it is re-raised")
+    g.add_argument("--enable-optimizer-state-local-copy", action="store_true",
+                   help="replica optimizer: every distributed-optimizer shard also lives on a "
+                        "second data-parallel rank (needs --enable-high-availability)")
     g = parser.add_argument_group("numerics")
     g.add_argument("--check-for-nan-in-loss-and-grad", action="store_true",
                    help="stop, naming the iteration and rank, on a NaN/Inf loss or local grad")
@@ -307,10 +327,13 @@ def validate_args(args: argparse.Namespace) -> None:
     """Check sizes against each other and fill in the derived ones."""
     _validate_parallel_sizes(args)
     _validate_model_shape(args)
+    validate_model_features(args)
     _validate_batch(args)
     _validate_training(args)
     _validate_fused_ops(args)
     _validate_resilience(args)
+    validate_finetune_args(args)
+    validate_lora_args(args)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -480,6 +503,7 @@ def _validate_fused_ops(args: argparse.Namespace) -> None:
                  f"--sliding-window must be >= 1, got {args.sliding_window}")
         _require(args.sparse_mode in (0, 4), f"--sliding-window needs --sparse-mode 0 or 4 (mode "
                                              f"{args.sparse_mode} ignores the window on NPU)")
+    _validate_rotary(args)
     if args.use_rope_scaling and args.rope_scaling_type is None:
         args.rope_scaling_type = "llama3"
     if args.rope_scaling_type is not None:
@@ -507,7 +531,35 @@ def _validate_fused_ops(args: argparse.Namespace) -> None:
                                            "selective --recompute-modules moe_act")
 
 
+def _validate_rotary(args: argparse.Namespace) -> None:
+    _require(0 < args.rotary_percent <= 1,
+             f"--rotary-percent must be in (0, 1], got {args.rotary_percent}")
+    head_dim = args.kv_channels or args.hidden_size // args.num_attention_heads
+    rotated = head_dim * args.rotary_percent
+    _require(rotated == int(rotated) and int(rotated) % 2 == 0,
+             f"--rotary-percent {args.rotary_percent} of {head_dim} channels per head is "
+             f"{rotated:g}; RoPE needs an even whole number of channels")
+    if args.rotary_interleaved:
+        _require(args.position_embedding_type == "rope",
+                 "--rotary-interleaved needs --position-embedding-type rope")
+        # The fused paths (npu_rotary_mul, flash-attn, _RotaryMul) rotate halves only.
+        _require(not args.use_fused_rotary_pos_emb,
+                 "--rotary-interleaved cannot be combined with --use-fused-rotary-pos-emb")
+
+
 def _validate_resilience(args: argparse.Namespace) -> None:
+    if args.enable_optimizer_state_local_copy:
+        dp = args.data_parallel_size
+        _require(args.enable_high_availability,
+                 "--enable-optimizer-state-local-copy needs --enable-high-availability")
+        _require(args.use_distributed_optimizer,
+                 "--enable-optimizer-state-local-copy needs --use-distributed-optimizer")
+        _require(dp >= 2 and dp % 2 == 0,
+                 f"--enable-optimizer-state-local-copy needs an even data-parallel size >= 2, "
+                 f"got {dp}")
+        _require(args.expert_model_parallel_size == 1,
+                 "--enable-optimizer-state-local-copy does not support "
+                 "--expert-model-parallel-size > 1 yet")
     _require(args.exit_duration_in_mins is None or args.exit_duration_in_mins > 0,
              f"--exit-duration-in-mins must be > 0, got {args.exit_duration_in_mins}")
     if args.keep_last_n_checkpoints is not None:

@@ -46,6 +46,13 @@ def test_more_flags_parse():
     assert args.moe_ffn_hidden_size == args.ffn_hidden_size
 
 
+def test_modellink_chatglm3_rope_flags_parse():
+    """ModelLink's ChatGLM3 scripts: --use-glm-rope --rotary-percent 0.5 --no-rope-fusion."""
+    args = parse_args(BASE + ["--position-embedding-type", "rope", "--use-glm-rope",
+                              "--rotary-percent", "0.5", "--no-rope-fusion"])
+    assert args.rotary_interleaved and args.rotary_percent == 0.5 and not args.apply_rope_fusion
+
+
 @pytest.mark.parametrize("extra, world, needle", [
     (["--no-such-flag"], 1, "--no-such-flag"),
     (["--tensor-model-parallel-size", "3"], 3, "--num-attention-heads 4 is not divisible"),
@@ -60,6 +67,11 @@ def test_more_flags_parse():
     (["--context-parallel-size", "2"], 2, "--context-parallel-size"),
     (["--recompute-granularity", "full"], 1, "--recompute-method"),
     (["--save-interval", "5"], 1, "--save"),
+    (["--rotary-percent", "1.5"], 1, "--rotary-percent must be in (0, 1]"),
+    (["--rotary-percent", "0.3"], 1, "even whole number of channels"),
+    (["--rotary-interleaved"], 1, "--rotary-interleaved needs --position-embedding-type rope"),
+    (["--position-embedding-type", "rope", "--rotary-interleaved",
+      "--use-fused-rotary-pos-emb"], 1, "cannot be combined with --use-fused-rotary-pos-emb"),
 ])
 def test_bad_flags_give_one_line_error(extra, world, needle):
     with pytest.raises(ArgumentError) as info:

@@ -1,11 +1,14 @@
 """Bad input to convert_ckpt.py: one clear `error:` line, exit status 2, nothing written; a
 failure mid-way leaves no output directory behind."""
+import argparse
+import json
 import os
 
 import pytest
 import transformers
 
 from modellink.checkpoint.cli import main as convert_main
+from modellink.models.families import FamilyConfigError, check_args, get_family
 from test_convert_families import SMALL, convert, save_tiny_hf
 
 
@@ -46,7 +49,8 @@ def _to_mg(root, source, save, *extra):
     (["--target-expert-parallel-size", "2"], "needs an MoE model"),
     (["--tokenizer-model", "/nonexistent/tokenizer.model"], "does not exist"),
     (["--add-qkv-bias"], "has no QKV bias"),
-    (["--lora-load", "/some/lora"], "LoRA"),
+    (["--lora-load", "/some/lora"], "merges adapters into a Megatron base"),
+    (["--lora-r", "8"], "--lora-r needs --lora-load"),
 ])
 def test_bad_input_is_refused_before_writing(hf_dirs, capsys, tmp_path, extra, message):
     save = tmp_path / "out"
@@ -103,3 +107,89 @@ def test_failure_midway_leaves_nothing(hf_dirs, capsys, tmp_path):
                                     "--target-pipeline-parallel-size", "2"))
     assert "truncated" in message
     assert sorted(os.listdir(tmp_path)) == ["broken"]  # no output, no temporary directory
+
+
+@pytest.mark.parametrize("family,edit,message", [
+    ("baichuan2", {"max_position_embeddings": None, "model_max_length": None},
+     "config.json has no model_max_length: Baichuan2-13B's sequence length"),
+    ("internlm2", {"bias": True}, "bias=True is not supported for internlm2"),
+    ("internlm2", {"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope type 'linear'"),
+    ("chatglm3", {"rmsnorm": False}, "rmsnorm=False is not supported for chatglm3"),
+    ("chatglm3", {"add_qkv_bias": None}, "config.json has no add_qkv_bias"),
+])
+def test_remote_code_config_is_refused(capsys, tmp_path, family, edit, message):
+    """Configs of the trust_remote_code families whose model modellink cannot build."""
+    save_tiny_hf(family, tmp_path / "hf")
+    path = tmp_path / "hf" / "config.json"
+    config = json.loads(path.read_text())
+    for key, value in edit.items():
+        config.pop(key) if value is None else config.update({key: value})
+    path.write_text(json.dumps(config))
+    assert message in _fail(capsys, *_to_mg(tmp_path, "hf", tmp_path / "out",
+                                            "--model-type-hf", family))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("family,message", [
+    ("baichuan2", "cannot hold num_key_value_heads=2 (the family fixes 4)"),
+    ("chatglm3", "add_qkv_bias=False, but --model-type-hf chatglm3 needs True"),
+])
+def test_export_to_a_family_that_cannot_hold_the_model(hf_dirs, capsys, tmp_path, family,
+                                                        message):
+    """The tiny Llama has GQA and no QKV bias."""
+    assert message in _fail(capsys, "--load-model-type", "mg", "--save-model-type", "hf",
+                            "--model-type-hf", family, "--load-dir", str(hf_dirs / "mg"),
+                            "--save-dir", str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_needs_the_family_rotary():
+    """Checkpoints from before --rotary-interleaved existed (no such attribute) rotate halves."""
+    args = argparse.Namespace(normalization="RMSNorm", swiglu=True, position_embedding_type="rope",
+                              add_bias_linear=False, add_qkv_bias=True, rotary_percent=0.5)
+    with pytest.raises(FamilyConfigError, match="trained without --rotary-interleaved"):
+        check_args(get_family("chatglm3"), args)
+    args.rotary_percent = 1.0
+    with pytest.raises(FamilyConfigError, match="rotary_percent=1.0, but .* needs 0.5"):
+        check_args(get_family("chatglm3"), args)
+
+
+@pytest.mark.parametrize("family,edit,message", [
+    ("gemma", {"hidden_act": "silu"}, "hidden_act='silu' is not supported for gemma"),
+    ("gemma2", {"layer_types": ["full_attention"] * 4},
+     "layer_types is not supported for gemma2: the layers must repeat"),
+    ("gemma2", {"use_bidirectional_attention": True}, "use_bidirectional_attention=True"),
+    ("bloom", {"apply_residual_connection_post_layernorm": True},
+     "apply_residual_connection_post_layernorm=True is not supported for bloom"),
+])
+def test_gemma_bloom_config_is_refused(capsys, tmp_path, family, edit, message):
+    save_tiny_hf(family, tmp_path / "hf")
+    path = tmp_path / "hf" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **edit}))
+    assert message in _fail(capsys, *_to_mg(tmp_path, "hf", tmp_path / "out",
+                                            "--model-type-hf", family))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("family,message", [
+    ("gemma", "swiglu=True, but --model-type-hf gemma needs False"),
+    ("bloom", "normalization='RMSNorm', but --model-type-hf bloom needs 'LayerNorm'"),
+])
+def test_export_of_llama_as_gemma_or_bloom_is_refused(hf_dirs, capsys, tmp_path, family,
+                                                       message):
+    assert message in _fail(capsys, "--load-model-type", "mg", "--save-model-type", "hf",
+                            "--model-type-hf", family, "--load-dir", str(hf_dirs / "mg"),
+                            "--save-dir", str(tmp_path / "out"))
+
+
+def test_export_needs_the_family_features():
+    """Checkpoints from before the feature flags existed have none of them on."""
+    args = argparse.Namespace(normalization="RMSNorm", swiglu=True, position_embedding_type="rope",
+                              add_bias_linear=False, add_qkv_bias=False, rotary_percent=1.0)
+    check_args(get_family("llama2"), args)
+    args.post_norm = True
+    with pytest.raises(FamilyConfigError, match="post_norm=True, but .* llama2 needs False"):
+        check_args(get_family("llama2"), args)
+    args.post_norm, args.attn_logit_softcapping = False, 50.0
+    with pytest.raises(FamilyConfigError, match="attn_logit_softcapping=50.0, but"):
+        check_args(get_family("llama2"), args)

@@ -1,5 +1,7 @@
 """Every family, every layout: HF -> Megatron gives transformers' logits in our model, and
-Megatron -> HF gives back bit-identical tensors."""
+Megatron -> HF gives back bit-identical tensors. The trust_remote_code families are checkpoints
+in their own layouts of transformers models that compute the same function (see
+remote_code_families.py)."""
 import json
 import os
 import subprocess
@@ -13,6 +15,8 @@ import transformers
 
 from conftest import ROOT, _free_port
 from modellink.checkpoint.cli import main as convert_main
+from remote_code_families import (
+    REMOTE_FAMILIES, expected_round_trip, load_remote, model_type_hf, save_remote)
 
 SMALL = dict(vocab_size=250, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
@@ -22,6 +26,14 @@ HF_CONFIGS = {
     "qwen": lambda: transformers.Qwen2Config(**SMALL, tie_word_embeddings=True),
     "mixtral": lambda: transformers.MixtralConfig(**dict(SMALL, intermediate_size=64),
                                                   num_local_experts=4, num_experts_per_tok=2),
+    # head_dim != hidden / heads; small soft-caps and a 4-token window so that each changes
+    # the logits of the 8-token inputs.
+    "gemma": lambda: transformers.GemmaConfig(**SMALL, head_dim=24),
+    "gemma2": lambda: transformers.Gemma2Config(
+        **SMALL, head_dim=24, query_pre_attn_scalar=20, sliding_window=4,
+        attn_logit_softcapping=0.2, final_logit_softcapping=2.0),
+    "bloom": lambda: transformers.BloomConfig(vocab_size=250, hidden_size=64, n_layer=4,
+                                              n_head=4),
 }
 # name -> (converter flags, ranks to run on)
 LAYOUTS: Dict[str, Tuple[List[str], int]] = {
@@ -39,7 +51,7 @@ EXTRA_LAYOUTS = {
                 "tp2ep2": (["--target-tensor-parallel-size", "2",
                             "--target-expert-parallel-size", "2"], 4)},
 }
-CASES = [(family, layout) for family in HF_CONFIGS
+CASES = [(family, layout) for family in [*HF_CONFIGS, *REMOTE_FAMILIES]
          for layout in list(LAYOUTS) + list(EXTRA_LAYOUTS.get(family, {}))]
 TOKENS = torch.randint(0, 250, (2, 8), generator=torch.Generator().manual_seed(7)).tolist()
 RUN_FLAGS = ["--finetune", "--micro-batch-size", "1", "--train-iters", "0", "--lr", "0",
@@ -50,14 +62,20 @@ def layout_of(family: str, layout: str) -> Tuple[List[str], int]:
     return {**LAYOUTS, **EXTRA_LAYOUTS.get(family, {})}[layout]
 
 
-def save_tiny_hf(family: str, directory: Path) -> transformers.PreTrainedModel:
+def save_tiny_hf(family: str, directory: Path) -> torch.nn.Module:
+    """The checkpoint of `family` in `directory`; returns the model whose function it holds."""
     torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(HF_CONFIGS[family]())
-    # Random norm weights too, so a swapped norm would show in the logits.
+    config = HF_CONFIGS[family]() if family in HF_CONFIGS else REMOTE_FAMILIES[family].reference()
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    # Random norm weights and biases too, so a swapped one would show in the logits.
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" in name:
                 param.uniform_(0.5, 1.5)
+            elif param.dim() == 1:
+                param.normal_(0.0, 0.1)
+    if family in REMOTE_FAMILIES:
+        return save_remote(family, model, directory)
     model.save_pretrained(directory)
     return model
 
@@ -91,28 +109,40 @@ def hf_logits(model: transformers.PreTrainedModel) -> torch.Tensor:
         return model(torch.tensor(TOKENS)).logits
 
 
+def _selected_cases(request) -> List[Tuple[str, str]]:
+    """The cases this session runs (all, or those `-k` picked), so only they are converted."""
+    chosen = {(item.callspec.params["family"], item.callspec.params["layout"])
+              for item in request.session.items
+              if item.module is request.module and "layout" in getattr(
+                  getattr(item, "callspec", None), "params", {})}
+    return [case for case in CASES if case in chosen]
+
+
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
+def converted(request, tmp_path_factory):
     """Convert every (family, layout), then get our model's logits in two torchrun launches."""
     root = tmp_path_factory.mktemp("families")
     reference, jobs = {}, {2: [], 4: []}
-    for family in HF_CONFIGS:
+    cases = _selected_cases(request)
+    for family in dict.fromkeys(family for family, _ in cases):
         hf_dir = root / family / "hf"
         reference[family] = hf_logits(save_tiny_hf(family, hf_dir))
-        for family_, layout in CASES:
+        for family_, layout in cases:
             if family_ != family:
                 continue
             flags, nproc = layout_of(family, layout)
             mg_dir = root / family / layout
             model_flags = convert("--load-model-type", "hf", "--save-model-type", "mg",
-                                  "--model-type-hf", family, "--load-dir", str(hf_dir),
+                                  "--model-type-hf", model_type_hf(family),
+                                  "--load-dir", str(hf_dir),
                                   "--save-dir", str(mg_dir), *flags)
             # Two micro-batches per pipeline stage keep the interleaved schedule's check happy.
             batch = ["--global-batch-size", str(2 * nproc)]
             jobs[nproc].append({"argv": model_flags + ["--load", str(mg_dir)] + RUN_FLAGS + batch,
                                 "tokens": TOKENS, "out": str(root / family / f"{layout}.pt")})
     for nproc, batch in jobs.items():
-        dump_logits(batch, nproc, root)
+        if batch:
+            dump_logits(batch, nproc, root)
     return root, reference
 
 
@@ -129,15 +159,64 @@ def test_logits_match_transformers(converted, family, layout):
 @pytest.mark.parametrize("family,layout", CASES)
 def test_round_trip_is_bit_identical(converted, family, layout, tmp_path):
     root, _ = converted
-    convert("--load-model-type", "mg", "--save-model-type", "hf", "--model-type-hf", family,
-            "--load-dir", str(root / family / layout), "--save-dir", str(tmp_path / "hf"),
-            "--max-shard-size", "200KB")
-    original = transformers.AutoModelForCausalLM.from_pretrained(root / family / "hf").state_dict()
-    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").state_dict()
+    convert("--load-model-type", "mg", "--save-model-type", "hf",
+            "--model-type-hf", model_type_hf(family), "--load-dir", str(root / family / layout),
+            "--save-dir", str(tmp_path / "hf"), "--max-shard-size", "200KB")
+    if family in REMOTE_FAMILIES:
+        # No classes to load them with: compare the files, and the whole config.json.
+        original, original_config = load_remote(root / family / "hf")
+        original = expected_round_trip(family, original)
+        back, back_config = load_remote(tmp_path / "hf")
+        assert back_config == original_config
+    else:
+        original = transformers.AutoModelForCausalLM.from_pretrained(
+            root / family / "hf").state_dict()
+        back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").state_dict()
     assert back.keys() == original.keys()
     for name, tensor in original.items():
         assert back[name].dtype == tensor.dtype and torch.equal(back[name], tensor), name
     assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
-    config = json.loads((tmp_path / "hf" / "config.json").read_text())
-    assert config["vocab_size"] == 250 and config["model_type"] == \
-        json.loads((root / family / "hf" / "config.json").read_text())["model_type"]
+    if family not in REMOTE_FAMILIES:  # theirs was compared whole above
+        config = json.loads((tmp_path / "hf" / "config.json").read_text())
+        assert config["vocab_size"] == 250 and config["model_type"] == \
+            json.loads((root / family / "hf" / "config.json").read_text())["model_type"]
+
+
+def test_normalized_head_round_trip_is_exact(tmp_path):
+    """Baichuan2's head comes back normalised; converting that again changes no bit."""
+    save_tiny_hf("baichuan2", tmp_path / "hf")
+    once, twice = tmp_path / "once", tmp_path / "twice"
+    to_hf = ("--load-model-type", "mg", "--save-model-type", "hf", "--model-type-hf", "baichuan2")
+    to_mg = ("--load-model-type", "hf", "--save-model-type", "mg", "--model-type-hf", "baichuan2",
+             "--target-tensor-parallel-size", "2")
+    convert(*to_mg, "--load-dir", str(tmp_path / "hf"), "--save-dir", str(tmp_path / "mg1"))
+    convert(*to_hf, "--load-dir", str(tmp_path / "mg1"), "--save-dir", str(once))
+    convert(*to_mg, "--load-dir", str(once), "--save-dir", str(tmp_path / "mg"))
+    convert(*to_hf, "--load-dir", str(tmp_path / "mg"), "--save-dir", str(twice))
+    first, second = load_remote(once)[0], load_remote(twice)[0]
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_pytorch_bin_checkpoints_convert(tmp_path):
+    """InternLM2 and Baichuan2 publish pytorch_model-*.bin shards; they read like safetensors."""
+    save_tiny_hf("internlm2", tmp_path / "safetensors")
+    tensors, config = load_remote(tmp_path / "safetensors")
+    names = sorted(tensors)
+    shards = {"pytorch_model-00001-of-00002.bin": names[:len(names) // 2],
+              "pytorch_model-00002-of-00002.bin": names[len(names) // 2:]}
+    source = tmp_path / "bin"
+    source.mkdir()
+    for file, part in shards.items():
+        torch.save({name: tensors[name] for name in part}, source / file)
+    (source / "pytorch_model.bin.index.json").write_text(json.dumps(
+        {"weight_map": {name: file for file, part in shards.items() for name in part}}))
+    (source / "config.json").write_text(json.dumps(config))
+    convert("--load-model-type", "hf", "--save-model-type", "mg", "--model-type-hf", "internlm2",
+            "--load-dir", str(source), "--save-dir", str(tmp_path / "mg"),
+            "--target-tensor-parallel-size", "2")
+    convert("--load-model-type", "mg", "--save-model-type", "hf", "--model-type-hf", "internlm2",
+            "--load-dir", str(tmp_path / "mg"), "--save-dir", str(tmp_path / "back"))
+    back, back_config = load_remote(tmp_path / "back")
+    assert back_config == config and back.keys() == tensors.keys()
+    assert all(torch.equal(back[name], tensors[name]) for name in tensors)

@@ -44,3 +44,15 @@ def test_expert_parallel_matches_single_process(dispatcher, tmp_path):
     assert run["loss"] == pytest.approx(reference["loss"], **TIGHT)
     assert run["grad_norm"] == pytest.approx(reference["grad_norm"], **TIGHT)
     assert reference["loss"][-1] < reference["loss"][0]
+
+
+def test_glm_rotary_trains_the_same_with_tensor_parallelism(tmp_path):
+    """ChatGLM's RoPE (half of each head's channels, adjacent pairs rotated) trains, and TP=2
+    reproduces one process."""
+    args = TINY_LLAMA + ITERS + ["--rotary-percent", "0.5", "--rotary-interleaved",
+                                 "--add-qkv-bias"]
+    reference = train_history(tmp_path, args, nproc=1, name="reference")
+    run = train_history(tmp_path, args + ["--tensor-model-parallel-size", "2"], nproc=2)
+    assert run["loss"] == pytest.approx(reference["loss"], **TIGHT)
+    assert run["grad_norm"] == pytest.approx(reference["grad_norm"], **TIGHT)
+    assert reference["loss"][-1] < reference["loss"][0]

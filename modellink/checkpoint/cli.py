@@ -44,11 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accepted for script compatibility: megatron-core models are the only ones")
     p.add_argument("--max-shard-size", default="5GB", help="safetensors shard size on export")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --save-dir")
-    g = p.add_argument_group("LoRA merge")
-    g.add_argument("--lora-load", default=None)
-    g.add_argument("--lora-r", type=int, default=None)
-    g.add_argument("--lora-alpha", type=int, default=None)
-    g.add_argument("--lora-target-modules", nargs="*", default=None)
+    g = p.add_argument_group("LoRA merge (Megatron base: --load-model-type mg)")
+    g.add_argument("--lora-load", default=None,
+                   help="adapter checkpoint of a LoRA run over --load-dir, merged into the "
+                        "weights written")
+    g.add_argument("--lora-r", type=int, default=None,
+                   help="checked against the adapters (default: as they were trained)")
+    g.add_argument("--lora-alpha", type=int, default=None,
+                   help="checked against the adapters (default: as they were trained)")
+    g.add_argument("--lora-target-modules", nargs="*", default=None,
+                   help="checked against the adapters (default: as they were trained)")
     return p
 
 
@@ -93,10 +98,16 @@ def _family(args: argparse.Namespace) -> str:
 
 
 def options_from_args(args: argparse.Namespace) -> ConvertOptions:
-    if args.lora_load is not None:
-        raise ConversionError("--lora-load: merging LoRA weights is not supported yet (no LoRA "
-                              "adapter checkpoint format exists in modellink)")
     load_type = _load_type(args)
+    lora_flags = [flag for flag, value in (("--lora-r", args.lora_r),
+                                           ("--lora-alpha", args.lora_alpha),
+                                           ("--lora-target-modules", args.lora_target_modules))
+                  if value is not None]
+    if args.lora_load is None and lora_flags:
+        raise ConversionError(f"{lora_flags[0]} needs --lora-load (the adapters to merge)")
+    if args.lora_load is not None and load_type != "mg":
+        raise ConversionError("--lora-load merges adapters into a Megatron base: use "
+                              "--load-model-type mg")
     layer_list = None
     if args.num_layer_list:
         try:
@@ -113,7 +124,9 @@ def options_from_args(args: argparse.Namespace) -> ConvertOptions:
         tokenizer_model=args.tokenizer_model,
         make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
         max_shard_bytes=_size(args.max_shard_size), add_qkv_bias=args.add_qkv_bias,
-        add_dense_bias=args.add_dense_bias, overwrite=args.overwrite)
+        add_dense_bias=args.add_dense_bias, overwrite=args.overwrite,
+        lora_load=args.lora_load, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+        lora_target_modules=args.lora_target_modules)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

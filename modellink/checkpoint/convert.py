@@ -10,13 +10,14 @@ from modellink.checkpoint.errors import ConversionError
 from modellink.checkpoint.hf_source import HuggingFaceSource
 from modellink.checkpoint.hf_writer import tokenizer_files, write_hf
 from modellink.checkpoint.layout import ParallelLayout, build_layout
+from modellink.checkpoint.lora_merge import LoraMergedSource
 from modellink.checkpoint.mappings import MAPPINGS
 from modellink.checkpoint.megatron_args import (
     args_from_hf, model_flags, padded_vocab, resharded_args)
 from modellink.checkpoint.megatron_reader import MegatronSource
 from modellink.checkpoint.megatron_writer import write_megatron
 from modellink.checkpoint.output import atomic_directory, check_save_dir
-from modellink.models.families import get_family, hf_config_from_args
+from modellink.models.families import get_family, hf_config_from_args, variant_for_args
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -40,6 +41,10 @@ class ConvertOptions:
     add_qkv_bias: bool = False
     add_dense_bias: bool = False
     overwrite: bool = False
+    lora_load: Optional[str] = None  # adapters to merge into a Megatron base
+    lora_r: Optional[int] = None  # None: as the adapters were trained
+    lora_alpha: Optional[int] = None
+    lora_target_modules: Optional[List[str]] = None
 
 
 Source = Union[HuggingFaceSource, MegatronSource]
@@ -72,7 +77,15 @@ def _open_source(options: ConvertOptions) -> Source:
     dtype = DTYPES[options.params_dtype] if options.params_dtype else None
     if options.load_type == "hf":
         return HuggingFaceSource(options.load_dir, options.family, dtype)
-    return MegatronSource(options.load_dir)
+    if options.lora_load:
+        source = LoraMergedSource(options.load_dir, options.lora_load, options.lora_r,
+                                  options.lora_alpha, options.lora_target_modules)
+    else:
+        source = MegatronSource(options.load_dir)
+    if getattr(source.args, "lora_target_modules", None):
+        raise ConversionError(f"--load-dir {options.load_dir} holds LoRA adapters only: pass "
+                              f"the base model as --load-dir and the adapters as --lora-load")
+    return source
 
 
 def _to_megatron(options: ConvertOptions, source: Source) -> None:
@@ -105,7 +118,7 @@ def _to_megatron(options: ConvertOptions, source: Source) -> None:
 
 
 def _to_huggingface(options: ConvertOptions, source: MegatronSource) -> None:
-    settings = get_family(options.family)
+    settings = variant_for_args(get_family(options.family), source.args)
     config = hf_config_from_args(settings, source.args, source.shape.vocab_size,
                                  base=getattr(source.args, "hf_config", None))
     dtype = DTYPES[options.params_dtype] if options.params_dtype else None

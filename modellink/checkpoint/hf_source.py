@@ -11,8 +11,9 @@ from modellink.checkpoint.errors import ConversionError
 from modellink.checkpoint.mappings import (
     MAPPINGS, Group, ModelShape, groups, hf_names, to_canonical)
 from modellink.checkpoint.rules import AttentionShape
-from modellink.checkpoint.safetensors_io import SafetensorsReader
-from modellink.models.families import check_config, get_family, head_dim, query_groups
+from modellink.checkpoint.torch_bin_io import open_checkpoint
+from modellink.models.families import (
+    canonical_config, check_config, get_family, head_dim, query_groups, variant_for_config)
 
 
 def read_config(directory: str) -> Dict[str, Any]:
@@ -25,9 +26,10 @@ def read_config(directory: str) -> Dict[str, Any]:
 
 class HuggingFaceSource:
     def __init__(self, directory: str, family: str, dtype: Optional[torch.dtype]) -> None:
-        self.config = read_config(directory)
-        self.settings = get_family(family)
-        check_config(self.settings, self.config)
+        raw = read_config(directory)
+        self.settings = variant_for_config(get_family(family), raw)
+        check_config(self.settings, raw)
+        self.config = canonical_config(self.settings, raw)
         self.mapping = MAPPINGS[family]
         c = self.config
         self.shape = ModelShape(
@@ -37,8 +39,8 @@ class HuggingFaceSource:
             tied=bool(c.get("tie_word_embeddings", False)),
             vocab_size=c["vocab_size"],
         )
-        self.gated = True
-        self.reader = SafetensorsReader(directory)
+        self.gated = self.settings.gated
+        self.reader = open_checkpoint(directory)
         for group in groups(self.shape):
             for name in hf_names(self.mapping, self.shape, group):
                 if name not in self.reader.entries:

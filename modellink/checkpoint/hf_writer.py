@@ -3,6 +3,7 @@ tokenizer files; `AutoModelForCausalLM.from_pretrained` loads it unchanged."""
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import shutil
 from typing import Any, Callable, Dict, List, Optional
@@ -35,10 +36,27 @@ def tokenizer_files(path: str) -> list:
     return found
 
 
+def _save_config(config: Dict[str, Any], config_class: Optional[str], dtype: torch.dtype,
+                 out_dir: str) -> None:
+    if config_class is None:
+        # A trust_remote_code family: no config class to go through, and its modeling code
+        # (transformers 4.x era) reads the dtype as `torch_dtype`.
+        config = dict(config, torch_dtype=str(dtype).removeprefix("torch."))
+        with open(os.path.join(out_dir, "config.json"), "w") as handle:
+            json.dump(config, handle, indent=2)
+            handle.write("\n")
+        return
+    hf_config = getattr(transformers, config_class).from_dict(config)
+    hf_config.dtype = dtype
+    hf_config.save_pretrained(out_dir)
+
+
 def write_hf(read: Callable[[Group], Dict[str, List[torch.Tensor]]], shape: ModelShape,
-             mapping: WeightMapping, config: Dict[str, Any], config_class: str, out_dir: str,
-             max_shard_bytes: int, dtype: Optional[torch.dtype], tokenizer: Optional[str]) -> None:
+             mapping: WeightMapping, config: Dict[str, Any], config_class: Optional[str],
+             out_dir: str, max_shard_bytes: int, dtype: Optional[torch.dtype],
+             tokenizer: Optional[str]) -> None:
     names = [name for group in groups(shape) for name in hf_names(mapping, shape, group)]
+    names += [buffer.name for buffer in mapping.buffers]
     writer = ShardedSafetensorsWriter(out_dir, max_shard_bytes, header_bytes_for(names))
     out_dtype = dtype
     for group in tqdm(groups(shape), desc="write huggingface", unit="group", leave=False):
@@ -47,9 +65,8 @@ def write_hf(read: Callable[[Group], Dict[str, List[torch.Tensor]]], shape: Mode
             out_dtype = out_dtype or tensor.dtype
             tensors[name] = tensor.to(out_dtype)
         writer.add(tensors)
+    writer.add({buffer.name: buffer.make(shape, out_dtype) for buffer in mapping.buffers})
     writer.close()
-    hf_config = getattr(transformers, config_class).from_dict(config)
-    hf_config.dtype = out_dtype
-    hf_config.save_pretrained(out_dir)
+    _save_config(config, config_class, out_dtype, out_dir)
     for path in tokenizer_files(tokenizer) if tokenizer else []:
         shutil.copy2(path, out_dir)

@@ -13,10 +13,11 @@ import torch
 
 from modellink.checkpoint.errors import ConversionError
 from modellink.checkpoint.layout import ParallelLayout, layout_from_args
-from modellink.checkpoint.mappings import EMBEDDING, FINAL_NORM, OUTPUT, Group, ModelShape
+from modellink.checkpoint.mappings import FINAL_NORM, OUTPUT, Group, ModelShape
 from modellink.checkpoint.megatron_writer import MODEL_FILENAME, TRACKER_FILENAME
 from modellink.checkpoint.rules import AttentionShape
 from modellink.checkpoint.shard import merge, split_expert_name
+from modellink.ops.activations import gated_mlp
 
 
 def _load(path: str) -> Dict[str, Any]:
@@ -59,7 +60,7 @@ class MegatronSource:
             tied=not self.args.untie_embeddings_and_output_weights,
             vocab_size=self._vocab_size(),
         )
-        self.gated = bool(self.args.swiglu)
+        self.gated = gated_mlp(self.args)
         self._stage: Optional[int] = None
         self._files: Dict[Tuple[int, int], Dict[str, Any]] = {}
 
@@ -86,10 +87,13 @@ class MegatronSource:
             return int(hf_config["vocab_size"])
         return int(getattr(self.args, "vocab_size", None) or self.args.padded_vocab_size)
 
+    def _load_rank(self, tp_rank: int, stage: int, ep_rank: int) -> Dict[str, Any]:
+        return _load(self._path(tp_rank, stage, ep_rank))
+
     def _chunk(self, stage: int, chunk: int, tp_rank: int, ep_rank: int = 0) -> Dict[str, Any]:
         if self._stage != stage:
             self._files = {}  # drop the previous stage's mappings first
-            self._files = {(t, e): _load(self._path(t, stage, e))
+            self._files = {(t, e): self._load_rank(t, stage, e)
                            for t in range(self.layout.tp) for e in range(self.layout.ep)}
             self._stage = stage
         state = self._files[(tp_rank, ep_rank)]
@@ -102,14 +106,20 @@ class MegatronSource:
         shards = [self._chunk(stage, chunk, t, ep_rank)[name] for t in range(self.layout.tp)]
         return merge(name, shards, self.gated)
 
+    def _top_level(self, stage: int, chunk: int, prefix: str) -> Dict[str, List[torch.Tensor]]:
+        """Every tensor under `prefix` (the embedding with its norm, the final norm)."""
+        return {name: self._merged(stage, chunk, name)
+                for name, value in self._chunk(stage, chunk, 0).items()
+                if name.startswith(prefix) and value is not None}
+
     def read(self, group: Group) -> Dict[str, List[torch.Tensor]]:
         """Canonical tensors as row blocks viewing the rank files' tensors."""
         lay = self.layout
         if group.kind == "embedding":
-            return {EMBEDDING: self._merged(0, 0, EMBEDDING)}
+            return self._top_level(0, 0, "embedding.")
         if group.kind == "final":
             stage, chunk = lay.pp - 1, len(lay.stages[-1]) - 1
-            out = {FINAL_NORM: self._merged(stage, chunk, FINAL_NORM)}
+            out = self._top_level(stage, chunk, FINAL_NORM.rsplit(".", 1)[0] + ".")
             if not self.shape.tied:
                 out[OUTPUT] = self._merged(stage, chunk, OUTPUT)
             return out

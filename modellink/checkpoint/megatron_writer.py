@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from modellink.checkpoint.layout import ParallelLayout
-from modellink.checkpoint.mappings import EMBEDDING, FINAL_NORM, OUTPUT, Group, ModelShape
+from modellink.checkpoint.mappings import EMBEDDING, OUTPUT, Group, ModelShape
 from modellink.checkpoint.shard import (
     LINEAR_MODULES, expert_owner, pad_rows, split, split_expert_name)
 
@@ -50,8 +50,11 @@ def _chunk_dicts(read: Source, shape: ModelShape, layout: ParallelLayout, stage:
     dicts: RankDicts = {(t, e): {} for t in range(layout.tp) for e in range(layout.ep)}
     first, last = layout.is_first(stage, chunk), layout.is_last(stage, chunk)
     if first:
-        embedding = pad_rows(_blocks(read(Group("embedding"))[EMBEDDING]), padded_vocab)
-        _put(dicts, EMBEDDING, embedding, layout, gated)
+        group = read(Group("embedding"))
+        _put(dicts, EMBEDDING, pad_rows(_blocks(group.pop(EMBEDDING)), padded_vocab), layout,
+             gated)
+        for name, tensor in group.items():  # e.g. an embedding norm
+            _put(dicts, name, tensor, layout, gated)
         bar.update()
     for local, layer in enumerate(layout.stages[stage][chunk]):
         prefix = f"decoder.layers.{layer}."
@@ -67,7 +70,9 @@ def _chunk_dicts(read: Source, shape: ModelShape, layout: ParallelLayout, stage:
         bar.update()
     if last:
         final = read(Group("final"))
-        _put(dicts, FINAL_NORM, final[FINAL_NORM], layout, gated)
+        for name, tensor in final.items():  # the final norm (weight, and bias if any)
+            if name != OUTPUT:
+                _put(dicts, name, tensor, layout, gated)
         if OUTPUT in final:
             _put(dicts, OUTPUT, pad_rows(_blocks(final[OUTPUT]), padded_vocab), layout, gated)
         elif not first:

@@ -75,28 +75,61 @@ class FusedQKV:
         return (self.q, self.k, self.v)
 
     def to_mg(self, tensors: Sequence[torch.Tensor], shape: AttentionShape) -> List[torch.Tensor]:
-        q, k, v = tensors
-        g, d = shape.groups, shape.head_dim
-        q_rows = q.shape[0] // g
-        blocks = []
-        for group in range(g):
-            blocks += [q[group * q_rows:(group + 1) * q_rows], k[group * d:(group + 1) * d],
-                       v[group * d:(group + 1) * d]]
-        return blocks
+        return _grouped(*tensors, shape)
 
     def to_hf(self, blocks: List[torch.Tensor], shape: AttentionShape) -> Dict[str, torch.Tensor]:
-        d = shape.head_dim
-        q_rows = shape.heads // shape.groups * d
-        q, k, v = [], [], []
-        for group in range(shape.groups):
-            base = group * (q_rows + 2 * d)
-            q += take_rows(blocks, base, base + q_rows)
-            k += take_rows(blocks, base + q_rows, base + q_rows + d)
-            v += take_rows(blocks, base + q_rows + d, base + q_rows + 2 * d)
+        q, k, v = _ungrouped(blocks, shape)
         return {self.q: concat(q), self.k: concat(k), self.v: concat(v)}
 
 
-Rule = Union[Copy, Concat, FusedQKV]
+@dataclass(frozen=True)
+class PackedQKV:
+    """One HF tensor of rows [all q; all k; all v] (Baichuan's W_pack, ChatGLM's
+    query_key_value, weight or bias) <-> megatron-core's per-group layout."""
+    mg: str
+    hf: str
+
+    @property
+    def hf_names(self) -> Tuple[str, ...]:
+        return (self.hf,)
+
+    def to_mg(self, tensors: Sequence[torch.Tensor], shape: AttentionShape) -> List[torch.Tensor]:
+        packed = tensors[0]
+        q_rows, kv_rows = shape.heads * shape.head_dim, shape.groups * shape.head_dim
+        return _grouped(packed[:q_rows], packed[q_rows:q_rows + kv_rows],
+                        packed[q_rows + kv_rows:], shape)
+
+    def to_hf(self, blocks: List[torch.Tensor], shape: AttentionShape) -> Dict[str, torch.Tensor]:
+        q, k, v = _ungrouped(blocks, shape)
+        return {self.hf: concat(q + k + v)}
+
+
+def _grouped(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             shape: AttentionShape) -> List[torch.Tensor]:
+    g, d = shape.groups, shape.head_dim
+    q_rows = q.shape[0] // g
+    blocks = []
+    for group in range(g):
+        blocks += [q[group * q_rows:(group + 1) * q_rows], k[group * d:(group + 1) * d],
+                   v[group * d:(group + 1) * d]]
+    return blocks
+
+
+def _ungrouped(blocks: List[torch.Tensor], shape: AttentionShape
+               ) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor]]:
+    """The q, k and v row blocks of megatron-core's per-group layout."""
+    d = shape.head_dim
+    q_rows = shape.heads // shape.groups * d
+    q, k, v = [], [], []
+    for group in range(shape.groups):
+        base = group * (q_rows + 2 * d)
+        q += take_rows(blocks, base, base + q_rows)
+        k += take_rows(blocks, base + q_rows, base + q_rows + d)
+        v += take_rows(blocks, base + q_rows + d, base + q_rows + 2 * d)
+    return q, k, v
+
+
+Rule = Union[Copy, Concat, FusedQKV, PackedQKV]
 
 
 def at(rule: Rule, expert: int) -> Rule:

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 from modellink.arguments import ArgumentError
 from modellink.inference.arguments import add_text_generation_args, parse_inference_args
 
-BENCHMARKS = ("mmlu", "ceval", "gsm8k", "boolq", "bbh", "agieval", "human_eval")
+BENCHMARKS = ("mmlu", "ceval", "gsm8k", "boolq", "bbh", "agieval", "human_eval", "exact_match")
 LM_EVAL_PREFIX = "lm_eval:"
 
 

@@ -6,6 +6,8 @@ BBH        <task>.json: {"examples": [{"input", "target"}]} per task (BIG-Bench-
            few-shot chain of thought from cot-prompts/<task>.txt when present; exact match.
 HumanEval  HumanEval.jsonl[.gz]: task_id, prompt, canonical_solution, test, entry_point; the
            completion is run against the tests (pass@1).
+exact_match  any .jsonl of {"question", "answer"} (the demo's test.jsonl, or a folder holding
+           test.jsonl); the first line of the reply must equal the answer, whitespace aside.
 """
 from __future__ import annotations
 
@@ -127,4 +129,27 @@ def load_human_eval(path: str, language: Optional[str], template: Optional[str],
     return problems
 
 
-LOADERS = {"gsm8k": load_gsm8k, "bbh": load_bbh, "human_eval": load_human_eval}
+def same_text(reply: str, reference: str) -> bool:
+    return reply.split() == reference.split()
+
+
+def load_exact_match(path: str, language: Optional[str], template: Optional[str],
+                     max_samples: Optional[int]) -> List[GenerationQuestion]:
+    test = next((f for f in (os.path.join(path, "test.jsonl"), path) if os.path.isfile(f)), None)
+    if test is None:
+        raise BenchmarkLayoutError(f"--task-data-path {path}: expected a .jsonl file (or a folder "
+                                   f"with test.jsonl) of question/answer records")
+    questions = []
+    for record in limit(read_jsonl(test), max_samples):
+        if not isinstance(record.get("question"), str) or "answer" not in record:
+            raise BenchmarkLayoutError(f"{test}: each record needs a question string and an "
+                                       f"answer")
+        prompt = fill_template(template, "", record["question"]) if template else \
+            record["question"]
+        questions.append(GenerationQuestion("exact_match", prompt, str(record["answer"]),
+                                            stop=("\n",)))
+    return questions
+
+
+LOADERS = {"gsm8k": load_gsm8k, "bbh": load_bbh, "human_eval": load_human_eval,
+           "exact_match": load_exact_match}

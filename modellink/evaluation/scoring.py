@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
-from modellink.evaluation.generation_benchmarks import bbh_answer, final_number
+from modellink.evaluation.generation_benchmarks import bbh_answer, final_number, same_text
 from modellink.evaluation.questions import ChoiceQuestion, CodeProblem, GenerationQuestion
 from modellink.evaluation.results import TaskResult
 from modellink.evaluation.sandbox import run_program
@@ -67,6 +67,7 @@ def answer_generation(model: EvalModel, questions: Sequence[GenerationQuestion],
 CHECKERS: Dict[str, Callable[[str, str], bool]] = {
     "gsm8k": lambda reply, reference: final_number(reply) == reference,
     "bbh": lambda reply, reference: bbh_answer(reply).lower() == reference.lower(),
+    "exact_match": same_text,
 }
 
 

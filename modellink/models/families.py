@@ -11,6 +11,11 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from modellink.models.config_dialects import (
+    BAICHUAN2, BAICHUAN2_13B, CHATGLM3, CHATGLM3_FIXED, INTERNLM2, ConfigDialect,
+    set_llama_value, strip_llama_keys, to_llama_keys)
+from modellink.models.feature_args import SWITCHES, VALUED
+
 
 class FamilyConfigError(ValueError):
     """A config.json this family cannot express in Megatron flags."""
@@ -23,6 +28,9 @@ class Field:
     arg: str
     flag: str
     cast: Callable[[Any], Any] = int
+    # For an optional field that config.json cannot leave unset: the field whose value it
+    # takes when the feature is off (Gemma 2: a window over every position).
+    off_as: Optional[str] = None
 
 
 _LLAMA_FIELDS = (
@@ -35,6 +43,9 @@ _LLAMA_FIELDS = (
 )
 _LLAMA_FLAGS = ("--normalization", "RMSNorm", "--swiglu", "--position-embedding-type", "rope",
                 "--disable-bias-linear", "--attention-dropout", "0", "--hidden-dropout", "0")
+# What a Megatron checkpoint's args must say to be exported as the family (check_args).
+_LLAMA_ARGS = {"normalization": "RMSNorm", "swiglu": True, "position_embedding_type": "rope",
+               "add_bias_linear": False}
 
 
 @dataclass(frozen=True)
@@ -42,16 +53,90 @@ class FamilySettings:
     name: str
     model_types: Tuple[str, ...]
     architecture: str
-    config_class: str
+    config_class: Optional[str]
     fields: Tuple[Field, ...] = _LLAMA_FIELDS
     fixed_flags: Tuple[str, ...] = _LLAMA_FLAGS
     qkv_bias: bool = False
     moe: bool = False
     # HF config values this family's Megatron model cannot represent: attribute -> allowed.
     required: Dict[str, Any] = field(default_factory=dict)
+    # HF config keys whose absence means a model we cannot build: key -> why.
+    required_keys: Dict[str, str] = field(default_factory=dict)
+    # RoPE scaling types that equal plain RoPE up to max_position_embeddings (the longest
+    # sequence the converted model is built for).
+    rope_types: Tuple[str, ...] = ("default",)
+    # --rotary-percent / --rotary-interleaved (ChatGLM: half of each head, adjacent pairs).
+    rotary_percent: float = 1.0
+    rotary_interleaved: bool = False
+    # How config.json spells things where it differs from llama's keys (the trust_remote_code
+    # families, whose config_class is None, and Bloom).
+    dialect: Optional[ConfigDialect] = None
+    # Architecture switches (feature_args.SWITCHES) the family's models are built with.
+    features: Tuple[str, ...] = ()
+    checked_args: Dict[str, Any] = field(default_factory=lambda: dict(_LLAMA_ARGS))
+    # HF config fields that map onto feature flags only when set (None: the feature is off).
+    optional_fields: Tuple[Field, ...] = ()
+    # Values transformers' config class assumes when config.json leaves the key out.
+    defaults: Dict[str, Any] = field(default_factory=dict)
+    # --seq-length when config.json has no max_position_embeddings (ALiBi has no such limit).
+    seq_length: Optional[int] = None
+    # The repeating pattern config.json's layer_types must follow (Gemma 2's sliding layers).
+    layer_pattern: Optional[Tuple[str, ...]] = None
+    # A second model of the family, told apart by a config.json key it lacks (Baichuan2-13B:
+    # ALiBi, no max_position_embeddings): (that key, its settings). See variant_for_config.
+    variant: Optional[Tuple[str, "FamilySettings"]] = None
+
+    @property
+    def gated(self) -> bool:
+        """Whether linear_fc1 holds [gate; up] (tensor parallelism splits each half)."""
+        return "--swiglu" in self.fixed_flags or bool({"geglu", "gelu_tanh"} & set(self.features))
 
 
 _LLAMA_REQUIRED = {"hidden_act": "silu", "attention_bias": False, "mlp_bias": False}
+
+# Baichuan2-13B: the same weights as 7B, ALiBi instead of RoPE, model_max_length for length.
+_BAICHUAN2_13B = FamilySettings(
+    "baichuan2", ("baichuan",), "BaichuanForCausalLM", None, required={"hidden_act": "silu"},
+    fixed_flags=tuple("alibi" if flag == "rope" else flag for flag in _LLAMA_FLAGS),
+    checked_args=dict(_LLAMA_ARGS, position_embedding_type="alibi"),
+    required_keys={"model_max_length": "Baichuan2-13B's sequence length (a Baichuan2 config "
+                                       "without max_position_embeddings is the ALiBi 13B)"},
+    dialect=BAICHUAN2_13B)
+
+# Gemma: GeGLU with a tanh GELU gate, RMSNorm scaling by 1 + weight, embeddings x sqrt(hidden).
+# transformers reads Gemma's legacy hidden_act "gelu" as the tanh approximation.
+_GEMMA_FLAGS = ("--normalization", "RMSNorm", "--position-embedding-type", "rope",
+                "--disable-bias-linear", "--attention-dropout", "0", "--hidden-dropout", "0")
+_GEMMA_ARGS = dict(_LLAMA_ARGS, swiglu=False)
+_GEMMA_FEATURES = ("gelu_tanh", "add_rmsnorm_offset", "input_embeds_norm")
+_GEMMA_REQUIRED = {"attention_bias": False, "use_bidirectional_attention": (None, False)}
+# Gemma 2 adds sandwich norms, soft-capping, its own attention scale and sliding layers.
+_GEMMA2_FIELDS = (
+    Field("attn_logit_softcapping", "attn_logit_softcapping", "--attn-logit-softcapping", float),
+    Field("final_logit_softcapping", "output_logit_softcapping", "--output-logit-softcapping",
+          float),
+    Field("query_pre_attn_scalar", "query_pre_attn_scalar", "--query-pre-attn-scalar"),
+    Field("sliding_window", "interleave_sliding_window", "--interleave-sliding-window",
+          off_as="max_position_embeddings"),
+)
+_GEMMA2_DEFAULTS = {"tie_word_embeddings": True, "attn_logit_softcapping": 50.0,
+                    "final_logit_softcapping": 30.0, "query_pre_attn_scalar": 256,
+                    "sliding_window": 4096}
+# Bloom: ALiBi, LayerNorms with bias (one on the embeddings too), biased GELU MLP. Its
+# config.json spells the llama keys its own way; the MLP is always 4 x hidden.
+_BLOOM = ConfigDialect(
+    keys={"num_hidden_layers": "n_layer", "num_attention_heads": "n_head",
+          "rms_norm_eps": "layer_norm_epsilon", "intermediate_size": "hidden_size"},
+    scales={"intermediate_size": 4},
+    template={"architectures": ["BloomForCausalLM"], "model_type": "bloom",
+              "apply_residual_connection_post_layernorm": False, "slow_but_exact": False,
+              **dict.fromkeys(("n_layer", "n_head", "hidden_size", "layer_norm_epsilon",
+                               "vocab_size", "tie_word_embeddings"))})
+_BLOOM_FIELDS = (_LLAMA_FIELDS[0], _LLAMA_FIELDS[1], _LLAMA_FIELDS[3], _LLAMA_FIELDS[5])
+_BLOOM_FLAGS = ("--normalization", "LayerNorm", "--position-embedding-type", "alibi",
+                "--attention-dropout", "0", "--hidden-dropout", "0")
+_BLOOM_ARGS = {"normalization": "LayerNorm", "swiglu": False, "position_embedding_type": "alibi",
+               "add_bias_linear": True}
 
 FAMILIES: Dict[str, FamilySettings] = {
     settings.name: settings for settings in (
@@ -64,6 +149,38 @@ FAMILIES: Dict[str, FamilySettings] = {
                        required={"hidden_act": "silu", "use_sliding_window": False}),
         FamilySettings("mixtral", ("mixtral",), "MixtralForCausalLM", "MixtralConfig", moe=True,
                        required={"hidden_act": "silu"}),
+        # Baichuan2-7B; the 13B model's config.json has no max_position_embeddings.
+        FamilySettings("baichuan2", ("baichuan",), "BaichuanForCausalLM", None,
+                       required={"hidden_act": "silu"}, dialect=BAICHUAN2,
+                       variant=("max_position_embeddings", _BAICHUAN2_13B)),
+        # Dynamic NTK scaling only changes RoPE beyond max_position_embeddings.
+        FamilySettings("internlm2", ("internlm2",), "InternLM2ForCausalLM", None,
+                       required={"hidden_act": "silu", "bias": False},
+                       rope_types=("default", "dynamic"), dialect=INTERNLM2),
+        # ChatGLM2/3: RoPE on the first half of each head's channels, adjacent pairs rotated.
+        # ChatGLMConfig's own defaults differ from ChatGLM3's for the keys required present.
+        FamilySettings("chatglm3", ("chatglm",), "ChatGLMModel", None, qkv_bias=True,
+                       required=CHATGLM3_FIXED, rotary_percent=0.5, rotary_interleaved=True,
+                       dialect=CHATGLM3, required_keys={
+                           key: "ChatGLMConfig's default for it is not ChatGLM3's"
+                           for key in ("multi_query_attention", "add_qkv_bias")}),
+        FamilySettings("gemma", ("gemma",), "GemmaForCausalLM", "GemmaConfig",
+                       fixed_flags=_GEMMA_FLAGS, features=_GEMMA_FEATURES,
+                       checked_args=_GEMMA_ARGS, defaults={"tie_word_embeddings": True},
+                       required={"hidden_act": ("gelu_pytorch_tanh", "gelu"),
+                                 **_GEMMA_REQUIRED}),
+        FamilySettings("gemma2", ("gemma2",), "Gemma2ForCausalLM", "Gemma2Config",
+                       fixed_flags=_GEMMA_FLAGS, features=_GEMMA_FEATURES + ("post_norm",),
+                       checked_args=_GEMMA_ARGS, optional_fields=_GEMMA2_FIELDS,
+                       defaults=_GEMMA2_DEFAULTS,
+                       layer_pattern=("sliding_attention", "full_attention"),
+                       required={"hidden_activation": "gelu_pytorch_tanh", **_GEMMA_REQUIRED}),
+        FamilySettings("bloom", ("bloom",), "BloomForCausalLM", "BloomConfig",
+                       fields=_BLOOM_FIELDS, fixed_flags=_BLOOM_FLAGS,
+                       features=("openai_gelu", "embed_layernorm"), checked_args=_BLOOM_ARGS,
+                       dialect=_BLOOM, defaults={"tie_word_embeddings": True}, seq_length=2048,
+                       required={"apply_residual_connection_post_layernorm": False,
+                                 "slow_but_exact": False}),
     )
 }
 
@@ -75,12 +192,28 @@ def get_family(name: str) -> FamilySettings:
     return FAMILIES[name]
 
 
-def rope_theta(config: Dict[str, Any]) -> float:
+def variant_for_config(settings: FamilySettings, config: Dict[str, Any]) -> FamilySettings:
+    """The family's settings for the model this config.json describes."""
+    if settings.variant is None or settings.variant[0] in config:
+        return settings
+    return settings.variant[1]
+
+
+def variant_for_args(settings: FamilySettings, args: argparse.Namespace) -> FamilySettings:
+    """The family's settings for the model a Megatron checkpoint's flags describe."""
+    if settings.variant is None:
+        return settings
+    other = settings.variant[1]
+    embedding = other.checked_args["position_embedding_type"]
+    return other if getattr(args, "position_embedding_type", None) == embedding else settings
+
+
+def rope_theta(config: Dict[str, Any], allowed: Tuple[str, ...] = ("default",)) -> float:
     """transformers 5 keeps rope settings in `rope_parameters`; older configs at top level."""
     params = config.get("rope_parameters") or {}
     scaling = config.get("rope_scaling") or {}
     rope_type = params.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
-    if rope_type != "default":
+    if rope_type not in allowed:
         raise FamilyConfigError(f"config.json uses rope type {rope_type!r}; only plain RoPE "
                                 f"(no scaling) is supported")
     return float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
@@ -95,10 +228,35 @@ def check_config(settings: FamilySettings, config: Dict[str, Any]) -> None:
         raise FamilyConfigError(f"--model-type-hf {settings.name} does not match config.json "
                                 f"model_type {model_type!r}{hint}")
     for attr, allowed in settings.required.items():
-        if config.get(attr, allowed) != allowed:
+        options = allowed if isinstance(allowed, tuple) else (allowed,)  # a tuple: any of them
+        if config.get(attr, options[0]) not in options:
             raise FamilyConfigError(f"config.json {attr}={config[attr]!r} is not supported for "
                                     f"{settings.name} (needs {allowed!r})")
-    rope_theta(config)
+    if settings.layer_pattern and config.get("layer_types") is not None:
+        if config["layer_types"] != _layer_types(settings, config["num_hidden_layers"]):
+            raise FamilyConfigError(f"config.json layer_types is not supported for "
+                                    f"{settings.name}: the layers must repeat "
+                                    f"{list(settings.layer_pattern)}")
+    for key, why in settings.required_keys.items():
+        if key not in config:
+            raise FamilyConfigError(f"config.json has no {key}: {why}")
+    rope_theta(config, settings.rope_types)
+
+
+def canonical_config(settings: FamilySettings, config: Dict[str, Any]) -> Dict[str, Any]:
+    """config.json with the llama-style keys this module reads (see config_dialects.py) and the
+    values transformers assumes for keys it leaves out."""
+    config = {**settings.defaults, **config}
+    return config if settings.dialect is None else to_llama_keys(settings.dialect, config)
+
+
+def _layer_types(settings: FamilySettings, num_layers: int) -> List[str]:
+    pattern = settings.layer_pattern
+    return [pattern[i % len(pattern)] for i in range(num_layers)]
+
+
+def _rope(settings: FamilySettings) -> bool:
+    return settings.checked_args["position_embedding_type"] == "rope"
 
 
 def head_dim(config: Dict[str, Any]) -> int:
@@ -112,12 +270,21 @@ def query_groups(config: Dict[str, Any]) -> int:
 def training_flags(settings: FamilySettings, config: Dict[str, Any]) -> List[str]:
     """The model-shape flags for `pretrain_gpt.py` that rebuild this HF model."""
     check_config(settings, config)
-    flags = list(settings.fixed_flags)
+    config = canonical_config(settings, config)
+    flags = list(settings.fixed_flags) + ["--" + f.replace("_", "-") for f in settings.features]
     for f in settings.fields:
         flags += [f.flag, str(f.cast(config[f.hf]))]
-    flags += ["--seq-length", str(config["max_position_embeddings"]),
-              "--rotary-base", str(int(rope_theta(config))),
+    for f in settings.optional_fields:
+        if config.get(f.hf) is not None:
+            flags += [f.flag, str(f.cast(config[f.hf]))]
+    flags += ["--seq-length", str(config.get("max_position_embeddings", settings.seq_length)),
               "--kv-channels", str(head_dim(config))]
+    if _rope(settings):
+        flags += ["--rotary-base", str(int(rope_theta(config, settings.rope_types)))]
+    if settings.rotary_percent != 1.0:
+        flags += ["--rotary-percent", str(settings.rotary_percent)]
+    if settings.rotary_interleaved:
+        flags.append("--rotary-interleaved")
     groups, heads = query_groups(config), config["num_attention_heads"]
     if groups != heads:
         flags += ["--group-query-attention", "--num-query-groups", str(groups)]
@@ -134,10 +301,20 @@ def training_flags(settings: FamilySettings, config: Dict[str, Any]) -> List[str
 def hf_config_from_args(settings: FamilySettings, args: argparse.Namespace, vocab_size: int,
                         base: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """config.json for a Megatron model; `base` (the config it came from) keeps the rest."""
+    if settings.dialect is not None:
+        return _dialect_config_from_args(settings, args, vocab_size, base)
     check_args(settings, args)
     config = dict(base or {})
     for f in settings.fields:
         config[f.hf] = f.cast(getattr(args, f.arg))
+    for f in settings.optional_fields:
+        value = getattr(args, f.arg, None)
+        if value is None:
+            config[f.hf] = config[f.off_as] if f.off_as else None
+        else:
+            config[f.hf] = f.cast(value)
+    if settings.layer_pattern:
+        config["layer_types"] = _layer_types(settings, args.num_layers)
     heads = args.num_attention_heads
     config.update(
         model_type=settings.model_types[0],
@@ -147,7 +324,9 @@ def hf_config_from_args(settings: FamilySettings, args: argparse.Namespace, voca
         head_dim=args.kv_channels or args.hidden_size // heads,
         tie_word_embeddings=not args.untie_embeddings_and_output_weights,
         rope_parameters={"rope_type": "default", "rope_theta": float(args.rotary_base)},
-        hidden_act="silu",
+        # The values the family requires (the first where several are accepted).
+        **{attr: allowed[0] if isinstance(allowed, tuple) else allowed
+           for attr, allowed in settings.required.items()},
     )
     config.pop("rope_theta", None)
     config.pop("rope_scaling", None)
@@ -157,15 +336,53 @@ def hf_config_from_args(settings: FamilySettings, args: argparse.Namespace, voca
     return config
 
 
+def _dialect_config_from_args(settings: FamilySettings, args: argparse.Namespace,
+                              vocab_size: int, base: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The family's own config.json; a setting its config.json cannot hold must be the value
+    the family fixes (Baichuan2: no GQA, RoPE base 10000), or this is a FamilyConfigError."""
+    check_args(settings, args)
+    dialect = settings.dialect
+    own = base is not None and base.get("model_type") in settings.model_types
+    config = strip_llama_keys(dialect, base) if own else dict(dialect.template)
+    heads = args.num_attention_heads
+    values = {f.hf: f.cast(getattr(args, f.arg)) for f in settings.fields}
+    values.update(vocab_size=vocab_size, head_dim=args.kv_channels or args.hidden_size // heads,
+                  num_key_value_heads=args.num_query_groups if args.group_query_attention
+                  else heads, tie_word_embeddings=not args.untie_embeddings_and_output_weights,
+                  rope_theta=float(args.rotary_base))
+    for key, value in values.items():
+        set_llama_value(dialect, config, key, value)
+    implied = canonical_config(settings, config)
+    readers = {"head_dim": head_dim, "num_key_value_heads": query_groups,
+               "rope_theta": lambda c: rope_theta(c, settings.rope_types),
+               "tie_word_embeddings": lambda c: bool(c.get("tie_word_embeddings", False))}
+    for key, value in values.items():
+        held = readers[key](implied) if key in readers else implied.get(key)
+        if held != value:
+            raise FamilyConfigError(f"--model-type-hf {settings.name}: its config.json cannot "
+                                    f"hold {key}={value!r} (the family fixes {held!r})")
+    return config
+
+
 def check_args(settings: FamilySettings, args: argparse.Namespace) -> None:
     """A Megatron checkpoint's flags must describe a model of this family."""
-    expected = {"normalization": "RMSNorm", "swiglu": True, "position_embedding_type": "rope",
-                "add_bias_linear": False, "add_qkv_bias": settings.qkv_bias}
+    expected = {**settings.checked_args, "add_qkv_bias": settings.qkv_bias,
+                "rotary_percent": settings.rotary_percent}
+    # Checkpoints written before a feature flag existed were built without it.
+    expected.update({attr: attr in settings.features for attr in SWITCHES})
+    expected.update({attr: None for attr in VALUED
+                     if attr not in {f.arg for f in settings.optional_fields}})
     for attr, value in expected.items():
-        if getattr(args, attr, None) != value:
-            raise FamilyConfigError(f"the checkpoint was trained with "
-                                    f"{attr}={getattr(args, attr, None)!r}, but "
+        held = getattr(args, attr, False if attr in SWITCHES else None)
+        if held != value:
+            raise FamilyConfigError(f"the checkpoint was trained with {attr}={held!r}, but "
                                     f"--model-type-hf {settings.name} needs {value!r}")
+    # Checkpoints written before --rotary-interleaved existed rotate halves.
+    if getattr(args, "rotary_interleaved", False) != settings.rotary_interleaved:
+        raise FamilyConfigError(f"the checkpoint was trained "
+                                f"{'with' if not settings.rotary_interleaved else 'without'} "
+                                f"--rotary-interleaved, but --model-type-hf {settings.name} "
+                                f"{'needs' if settings.rotary_interleaved else 'cannot hold'} it")
     if settings.moe != (getattr(args, "num_experts", None) is not None):
         raise FamilyConfigError(f"--model-type-hf {settings.name} "
                                 f"{'needs' if settings.moe else 'cannot hold'} an MoE checkpoint "

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
-import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.transformer_block import (
@@ -15,7 +14,10 @@ from megatron.core.transformer.transformer_block import (
 )
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from modellink.models.gpt_model import ModelLinkGPTModel
 from modellink.models.layer_spec import decoder_layer_spec, norm_spec, window_from_args
+from modellink.models.lora import with_adapters
+from modellink.ops.activations import activation_from_args
 from modellink.ops.rope_scaling import RopeScaling, scaled_inv_freq
 
 
@@ -43,6 +45,8 @@ def transformer_config_from_args(args: argparse.Namespace, device: str) -> Trans
     """Map the Megatron-LM command line onto megatron-core's TransformerConfig."""
     dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
     window = window_from_args(args)
+    activation, gated = activation_from_args(args)
+    scalar = args.query_pre_attn_scalar
     kwargs = dict(
         num_layers=args.num_layers,
         hidden_size=args.hidden_size,
@@ -54,10 +58,12 @@ def transformer_config_from_args(args: argparse.Namespace, device: str) -> Trans
         attention_dropout=args.attention_dropout,
         layernorm_epsilon=args.norm_epsilon,
         normalization=args.normalization,
+        layernorm_zero_centered_gamma=args.add_rmsnorm_offset,
         add_bias_linear=args.add_bias_linear,
         add_qkv_bias=args.add_qkv_bias,
-        gated_linear_unit=args.swiglu,
-        activation_func=F.silu if args.swiglu else F.gelu,
+        gated_linear_unit=gated,
+        activation_func=activation,
+        softmax_scale=scalar ** -0.5 if scalar is not None else None,
         init_method_std=args.init_method_std,
         apply_query_key_layer_scaling=args.apply_query_key_layer_scaling,
         attention_softmax_in_fp32=args.attention_softmax_in_fp32,
@@ -85,6 +91,8 @@ def transformer_config_from_args(args: argparse.Namespace, device: str) -> Trans
         recompute_num_layers=args.recompute_num_layers,
         recompute_modules=args.recompute_modules,
         window_size=(window, 0) if window is not None else None,
+        window_attn_skip_freq=args.window_attn_skip_freq,
+        rotary_interleaved=args.rotary_interleaved,
         deallocate_pipeline_outputs=True,
         # Batched p2p posts send_prev before send_next; with two stages both go to the same
         # peer, and gloo (unlike NCCL groups) matches messages by order alone, so activations
@@ -133,11 +141,11 @@ def build_model_chunks(args: argparse.Namespace, config: TransformerConfig) -> L
 
 def _build_chunk(args: argparse.Namespace, config: TransformerConfig,
                  vp_stage: Optional[int]) -> GPTModel:
-    layer = decoder_layer_spec(args)
+    layer = with_adapters(decoder_layer_spec(args), args)
     local_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
     block = TransformerBlockSubmodules(layer_specs=[layer] * local_layers,
                                        layer_norm=norm_spec(args))
-    model = GPTModel(
+    model = ModelLinkGPTModel(
         config=config,
         transformer_layer_spec=block,
         vocab_size=args.padded_vocab_size,
@@ -146,10 +154,15 @@ def _build_chunk(args: argparse.Namespace, config: TransformerConfig,
         post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
         parallel_output=True,
         share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
-        position_embedding_type=args.position_embedding_type,
+        # ALiBi lives in the attention scores (modellink/ops/alibi.py), not in GPTModel.
+        position_embedding_type=("none" if args.position_embedding_type == "alibi"
+                                 else args.position_embedding_type),
         rotary_percent=args.rotary_percent,
         rotary_base=args.rotary_base,
         vp_stage=vp_stage,
+        scale_embeddings=args.input_embeds_norm,
+        embedding_norm=norm_spec(args) if args.embed_layernorm else None,
+        output_softcap=args.output_logit_softcapping,
     )
     scaling = rope_scaling_from_args(args)
     if scaling is not None:

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Optional
 
-import torch.nn.functional as F
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 from megatron.core.models.backends import LocalSpecProvider
 from megatron.core.models.gpt.gpt_layer_specs import get_mlp_module_spec_for_backend
@@ -27,6 +26,8 @@ from megatron.core.transformer.transformer_layer import (
     TransformerLayerSubmodules,
 )
 
+from modellink.models.sandwich_layer import SandwichLayerSubmodules, SandwichNormLayer
+from modellink.ops.activations import mlp_activation
 from modellink.ops.attention import (
     PATH_NAMES,
     AttentionSettings,
@@ -67,11 +68,14 @@ def window_from_args(args: argparse.Namespace) -> Optional[int]:
 def operator_choices(args: argparse.Namespace, device: str) -> OperatorChoices:
     device = _resolved(device)
     attention = None
-    if args.use_flash_attn or window_from_args(args) is not None:
+    alibi = args.position_embedding_type == "alibi"
+    softcap = args.attn_logit_softcapping
+    if args.use_flash_attn or window_from_args(args) is not None or alibi or softcap:
         attention = AttentionSettings(
             path=select_attention_path(device, args.use_flash_attn),
             sparse_mode=args.sparse_mode, pre_tokens=args.pre_tockens,
-            next_tokens=args.next_tockens, shape_order=args.shape_order)
+            next_tokens=args.next_tockens, shape_order=args.shape_order,
+            softcap=softcap, alibi=alibi)
     rotary = select_rotary(device, True) if args.use_fused_rotary_pos_emb else None
     return OperatorChoices(
         attention=attention,
@@ -110,7 +114,7 @@ def _mlp_spec(args: argparse.Namespace, ops: OperatorChoices) -> ModuleSpec:
         linear_fc2=MC2RowParallelLinear if ops.fused_mc2 else RowParallelLinear)
     if not (args.use_fused_swiglu and args.swiglu) and not args.recompute_activation_function:
         return ModuleSpec(module=MLP, submodules=submodules)
-    activation = ops.swiglu.fn if args.swiglu else F.gelu
+    activation = ops.swiglu.fn if args.swiglu else mlp_activation(args)
     return ModuleSpec(module=ActivationMLP, submodules=submodules,
                       params={"activation": activation,
                               "recompute_activation": args.recompute_activation_function})
@@ -140,17 +144,18 @@ def decoder_layer_spec(args: argparse.Namespace) -> ModuleSpec:
     """One decoder layer for `args.device` (the backend initialize() resolved)."""
     ops = operator_choices(args, args.device)
     norm = norm_spec(args)
-    return ModuleSpec(
-        module=TransformerLayer,
-        submodules=TransformerLayerSubmodules(
-            input_layernorm=norm,
-            self_attention=_self_attention_spec(ops),
-            self_attn_bda=get_bias_dropout_add,
-            pre_mlp_layernorm=norm,
-            mlp=_mlp_spec(args, ops),
-            mlp_bda=get_bias_dropout_add,
-        ),
+    submodules = dict(
+        input_layernorm=norm,
+        self_attention=_self_attention_spec(ops),
+        self_attn_bda=get_bias_dropout_add,
+        pre_mlp_layernorm=norm,
+        mlp=_mlp_spec(args, ops),
+        mlp_bda=get_bias_dropout_add,
     )
+    if args.post_norm:
+        return ModuleSpec(module=SandwichNormLayer, submodules=SandwichLayerSubmodules(
+            **submodules, post_attn_norm=norm, post_mlp_layernorm=norm))
+    return ModuleSpec(module=TransformerLayer, submodules=TransformerLayerSubmodules(**submodules))
 
 
 def _swiglu_path(args: argparse.Namespace, ops: OperatorChoices, device: str) -> str:
@@ -173,6 +178,10 @@ def operator_paths(args: argparse.Namespace, device: str) -> str:
             f" (sliding window {window})" if window is not None else "")
         if ops.attention.path == "npu":
             attention += f" [{args.shape_order}, sparse mode {args.sparse_mode}]"
+        if ops.attention.alibi:
+            attention += ", alibi"
+        if ops.attention.softcap is not None:
+            attention += f", logit soft-cap {ops.attention.softcap}"
     if args.position_embedding_type != "rope":
         rotary = "n/a"
     else:

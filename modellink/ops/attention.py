@@ -12,6 +12,11 @@ TransformerConfig's window_size = (W, 0)), and the batch's attention mask allows
 (megatron-core's convention: True = masked out), which is how packed samples are kept from
 attending across each other. With fewer queries than keys (a KV-cache step) the queries are the
 last positions. K/V keep their num_query_groups heads (GQA) on every path.
+
+Per layer, the window applies where megatron-core's `window_attn_skip_freq` says
+(`--interleave-sliding-window`: odd layers, as Gemma 2). Two score modifiers run on the reference
+path (and ALiBi also on SDPA, as a float mask): `--attn-logit-softcapping` c maps scores s to
+c * tanh(s / c) before masking (Gemma 2), and ALiBi (alibi.py) adds its bias (Bloom).
 """
 from __future__ import annotations
 
@@ -23,12 +28,14 @@ from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
-from megatron.core import tensor_parallel
+from megatron.core import parallel_state, tensor_parallel
 from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.transformer.utils import is_layer_window_attention
 
+from modellink.ops.alibi import alibi_bias, alibi_slopes
 from modellink.ops.attention_npu import mask_arguments, npu_fusion_attention
 
 PATH_NAMES = {
@@ -47,6 +54,8 @@ class AttentionSettings:
     pre_tokens: int = 65536
     next_tokens: int = 0
     shape_order: str = "SBH"  # the layout handed to npu_fusion_attention
+    softcap: Optional[float] = None  # --attn-logit-softcapping
+    alibi: bool = False  # --position-embedding-type alibi
 
 
 def select_attention_path(device: str, use_flash_attn: bool) -> str:
@@ -85,19 +94,26 @@ def visible_mask(sq: int, skv: int, window: Optional[int], attention_mask: Optio
 
 
 def reference_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                        visible: Optional[torch.Tensor], scale: float, dropout_p: float
+                        visible: Optional[torch.Tensor], scale: float, dropout_p: float,
+                        softcap: Optional[float] = None, bias: Optional[torch.Tensor] = None
                         ) -> torch.Tensor:
     """Plain math. Query heads of one group are stacked along the rows ([b, g, r*sq, d]) so
-    the group's single K/V head serves them all without being repeated."""
+    the group's single K/V head serves them all without being repeated. `bias`: float32
+    [heads, sq, skv] added to the (soft-capped) scores."""
     sq, b, heads, dim = query.shape
     skv, groups = key.shape[0], key.shape[2]
     rep = heads // groups
     q = query.permute(1, 2, 0, 3).reshape(b, groups, rep * sq, dim)
     k, v = (t.permute(1, 2, 0, 3) for t in (key, value))  # [b, g, skv, d]
     scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     if visible is None:
         visible = torch.ones(sq, skv, dtype=torch.bool, device=query.device).tril(skv - sq)
-    scores = scores.view(b, groups, rep, sq, skv).masked_fill(~visible.unsqueeze(-3), -math.inf)
+    scores = scores.view(b, groups, rep, sq, skv)
+    if bias is not None:
+        scores = scores + bias.view(groups, rep, sq, skv)
+    scores = scores.masked_fill(~visible.unsqueeze(-3), -math.inf)
     probs = torch.softmax(scores, dim=-1).to(query.dtype).view(b, groups, rep * sq, skv)
     if dropout_p > 0:
         probs = F.dropout(probs, dropout_p)
@@ -106,12 +122,17 @@ def reference_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
 
 
 def sdpa_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                   visible: Optional[torch.Tensor], scale: float, dropout_p: float
-                   ) -> torch.Tensor:
-    sq, b = query.shape[0], query.shape[1]
+                   visible: Optional[torch.Tensor], scale: float, dropout_p: float,
+                   bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    sq, b, skv = query.shape[0], query.shape[1], key.shape[0]
     q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, d]
+    mask = visible
+    if bias is not None:  # a float mask: the bias where visible, -inf elsewhere
+        if visible is None:
+            visible = torch.ones(sq, skv, dtype=torch.bool, device=query.device).tril(skv - sq)
+        mask = torch.where(visible, bias, -math.inf).to(q.dtype)
     out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=visible, is_causal=visible is None, dropout_p=dropout_p, scale=scale,
+        q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout_p, scale=scale,
         enable_gqa=k.shape[1] != q.shape[1])
     return out.permute(2, 0, 1, 3).reshape(sq, b, -1)
 
@@ -144,8 +165,24 @@ class FlashSelfAttention(MegatronModule):
         self.dropout_p = (config.attention_dropout if attention_dropout is None
                           else attention_dropout)
         self.softmax_scale = softmax_scale or 1.0 / math.sqrt(config.kv_channels)
-        self.window = config.window_size[0] if config.window_size else None
+        windowed = is_layer_window_attention(config.window_size, config.window_attn_skip_freq,
+                                             layer_number)
+        self.window = config.window_size[0] if windowed else None
         self._npu_masks: Dict[tuple, torch.Tensor] = {}
+        self._alibi_slopes = self._local_alibi_slopes(pg_collection) if settings.alibi else None
+        if settings.path == "npu" and settings.alibi:
+            raise ValueError("--position-embedding-type alibi is not supported with "
+                             "--use-flash-attn on npu (npu_fusion_attention path); drop it")
+
+    def _local_alibi_slopes(self, pg_collection: object) -> torch.Tensor:
+        """The slopes of this tensor-parallel rank's heads (heads split in contiguous blocks)."""
+        if pg_collection is not None:
+            tp_rank, tp_size = pg_collection.tp.rank(), pg_collection.tp.size()
+        else:
+            tp_rank = parallel_state.get_tensor_model_parallel_rank()
+            tp_size = parallel_state.get_tensor_model_parallel_world_size()
+        local = self.config.num_attention_heads // tp_size
+        return alibi_slopes(self.config.num_attention_heads)[tp_rank * local:(tp_rank + 1) * local]
 
     def _dropout_rng(self) -> contextlib.AbstractContextManager:
         # As megatron-core: heads differ across tensor-parallel ranks, so their dropout draws
@@ -175,11 +212,14 @@ class FlashSelfAttention(MegatronModule):
                 return npu_fusion_attention(query, key, value, layout=self.settings.shape_order,
                                             scale=self.softmax_scale, keep_prob=1.0 - dropout_p,
                                             mask_args=mask_args)
-            if path == "flash-attn" and attention_mask is None and query.dtype in _HALF:
+            bias = (None if self._alibi_slopes is None
+                    else alibi_bias(self._alibi_slopes, sq, skv, query.device))
+            if (path == "flash-attn" and attention_mask is None and query.dtype in _HALF
+                    and bias is None):
                 return flash_attn_attention(query, key, value, self.window, self.softmax_scale,
                                             dropout_p)
             visible = visible_mask(sq, skv, self.window, attention_mask, query.device)
             if path == "reference":
                 return reference_attention(query, key, value, visible, self.softmax_scale,
-                                           dropout_p)
-            return sdpa_attention(query, key, value, visible, self.softmax_scale, dropout_p)
+                                           dropout_p, self.settings.softcap, bias)
+            return sdpa_attention(query, key, value, visible, self.softmax_scale, dropout_p, bias)

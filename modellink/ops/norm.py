@@ -86,15 +86,23 @@ def select_rms_norm(device: str, fused: bool) -> RMSNormImpl:
 
 
 class RMSNorm(torch.nn.Module):
+    """With `config.layernorm_zero_centered_gamma` (`--add-rmsnorm-offset`, Gemma) the weight
+    is stored centred on zero and the norm scales by (1 + weight)."""
+
     def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5,
                  impl: RMSNormImpl = REFERENCE) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
+        self.zero_centered = config.layernorm_zero_centered_gamma
+        init = torch.zeros if self.zero_centered else torch.ones
+        self.weight = torch.nn.Parameter(init(hidden_size, dtype=config.params_dtype))
         setattr(self.weight, "sequence_parallel", config.sequence_parallel)
         self._fn = impl.fn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.zero_centered:
+            # 1 + weight in fp32 as Gemma computes it: in bf16 a small weight would round away.
+            return self._fn(x, self.weight.float() + 1, self.eps).to(x.dtype)
         return self._fn(x, self.weight, self.eps)
 
 

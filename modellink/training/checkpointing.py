@@ -23,11 +23,13 @@ import numpy
 import torch
 from megatron.core import parallel_state, tensor_parallel
 
+from modellink.models.lora import load_weights, lora_enabled, saved_weights
 from modellink.training.checkpoint_retention import (
     prune_checkpoints,
     remove_partial_saves,
     saved_iterations,
 )
+from modellink.training.replica import optimizer_files, writes_optimizer_file
 
 TRACKER_FILENAME = "latest_checkpointed_iteration.txt"
 MODEL_FILENAME = "model_optim_rng.pt"
@@ -126,47 +128,68 @@ def save_checkpoint(args: argparse.Namespace, iteration: int, model: List[torch.
     if _writes_model_file() or distributed_optim:
         os.makedirs(rank_dir, exist_ok=True)
     if distributed_optim:
-        # Collective over the data-parallel group; its rank 0 writes the gathered shards.
-        optimizer.save_parameter_state(os.path.join(rank_dir, OPTIMIZER_FILENAME))
+        # Collective over each optimizer instance's data-parallel group; its rank 0 writes
+        # the gathered shards (the replica optimizer's second instance: the replica file).
+        optimizer_file = optimizer_files(rank_dir, OPTIMIZER_FILENAME,
+                                         args.enable_optimizer_state_local_copy)[0]
+        optimizer.save_parameter_state(optimizer_file)
+        if writes_optimizer_file():
+            with open(optimizer_file, "rb") as handle:
+                os.fsync(handle.fileno())
     if _writes_model_file():
-        saved_args = copy.copy(args)
-        saved_args.consumed_train_samples = consumed_train_samples
-        saved_args.consumed_valid_samples = consumed_valid_samples
-        state: Dict[str, Any] = {"args": saved_args, "checkpoint_version": CHECKPOINT_VERSION,
-                                 "iteration": iteration, "dying_gasp": dying_gasp}
-        chunks = [_unwrap(c).state_dict_for_save_checkpoint() for c in model]
-        if len(chunks) == 1:
-            state["model"] = chunks[0]
-        else:
-            state.update({f"model{i}": chunk for i, chunk in enumerate(chunks)})
-        if save_optim:
-            state["optimizer"] = optimizer.state_dict()
-        if scheduler is not None:
-            state["opt_param_scheduler"] = scheduler.state_dict()
-        if not args.no_save_rng:
-            state["rng_state"] = [_rng_state()]
+        state = model_file_state(args, iteration, model, optimizer if save_optim else None,
+                                 scheduler, consumed_train_samples, consumed_valid_samples,
+                                 dying_gasp)
         _save_file(state, os.path.join(rank_dir, MODEL_FILENAME))
     torch.distributed.barrier()
-
     if rank0:
-        if os.path.exists(final_dir):  # saving the same iteration again: replace it whole
-            stale = final_dir + ".old"
-            shutil.rmtree(stale, ignore_errors=True)
-            os.rename(final_dir, stale)
-            os.rename(tmp_dir, final_dir)
-            shutil.rmtree(stale)
-        else:
-            os.rename(tmp_dir, final_dir)
-        tracker_tmp = os.path.join(args.save, TRACKER_FILENAME + ".tmp")
-        with open(tracker_tmp, "w") as handle:
-            handle.write(str(iteration))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tracker_tmp, os.path.join(args.save, TRACKER_FILENAME))
-        if args.keep_last_n_checkpoints:
-            prune_checkpoints(args.save, args.keep_last_n_checkpoints, iteration)
+        publish_checkpoint(args, tmp_dir, final_dir, iteration)
     torch.distributed.barrier()
     return final_dir
+
+
+def model_file_state(args: argparse.Namespace, iteration: int, model: List[torch.nn.Module],
+                     optimizer: Any, scheduler: Any, consumed_train_samples: int,
+                     consumed_valid_samples: int, dying_gasp: Optional[str]) -> Dict[str, Any]:
+    """What `model_optim_rng.pt` holds; `optimizer` is None when it is not saved."""
+    saved_args = copy.copy(args)
+    saved_args.consumed_train_samples = consumed_train_samples
+    saved_args.consumed_valid_samples = consumed_valid_samples
+    state: Dict[str, Any] = {"args": saved_args, "checkpoint_version": CHECKPOINT_VERSION,
+                             "iteration": iteration, "dying_gasp": dying_gasp}
+    chunks = [saved_weights(_unwrap(c), args) for c in model]
+    if len(chunks) == 1:
+        state["model"] = chunks[0]
+    else:
+        state.update({f"model{i}": chunk for i, chunk in enumerate(chunks)})
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    if scheduler is not None:
+        state["opt_param_scheduler"] = scheduler.state_dict()
+    if not args.no_save_rng:
+        state["rng_state"] = [_rng_state()]
+    return state
+
+
+def publish_checkpoint(args: argparse.Namespace, tmp_dir: str, final_dir: str,
+                       iteration: int) -> None:
+    """One process, once every file is in `tmp_dir`: rename it into place, then the tracker."""
+    if os.path.exists(final_dir):  # saving the same iteration again: replace it whole
+        stale = final_dir + ".old"
+        shutil.rmtree(stale, ignore_errors=True)
+        os.rename(final_dir, stale)
+        os.rename(tmp_dir, final_dir)
+        shutil.rmtree(stale)
+    else:
+        os.rename(tmp_dir, final_dir)
+    tracker_tmp = os.path.join(args.save, TRACKER_FILENAME + ".tmp")
+    with open(tracker_tmp, "w") as handle:
+        handle.write(str(iteration))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tracker_tmp, os.path.join(args.save, TRACKER_FILENAME))
+    if args.keep_last_n_checkpoints:
+        prune_checkpoints(args.save, args.keep_last_n_checkpoints, iteration)
 
 
 def read_tracker(root: str) -> Optional[int]:
@@ -223,28 +246,48 @@ def _candidate_iterations(root: str) -> List[int]:
     return [latest] + [it for it in saved_iterations(root) if it < latest]
 
 
+def _readable_optimizer_file(rank_dir: str, replicated: bool) -> str:
+    """This instance's optimizer shard file or, when that one is unreadable, its replica.
+    A zip-directory read (mmap) finds a missing or truncated file without reading the
+    shards twice."""
+    primary, *others = optimizer_files(rank_dir, OPTIMIZER_FILENAME, replicated)
+    try:
+        _load_file(primary, mmap=True)
+        return primary
+    except CheckpointError as exc:
+        for other in others:
+            if os.path.isfile(other):
+                _load_file(other, mmap=True)  # both bad: the replica's problem is reported
+                print(f"WARNING: rank {torch.distributed.get_rank()}: {exc}; loading the "
+                      f"optimizer state from its replica {other}", file=sys.stderr, flush=True)
+                return other
+        raise
+
+
 def _read_rank_files(args: argparse.Namespace, iteration: int, load_optim: bool
-                     ) -> Tuple[str, Dict[str, Any]]:
+                     ) -> Tuple[str, Dict[str, Any], Optional[str]]:
+    """This rank's directory, its model file's contents, and the optimizer shard file it
+    reads (None when it reads none)."""
     rank_dir = os.path.join(iteration_dir(args.load, iteration), rank_dirname(args))
     state = _load_file(os.path.join(rank_dir, MODEL_FILENAME))
     if "args" in state:
         _check_layout(state["args"], args, rank_dir)
     saved_sharded = getattr(state.get("args"), "use_distributed_optimizer", False)
-    if load_optim and saved_sharded and parallel_state.get_data_parallel_rank() == 0:
-        # A zip-directory read (mmap) finds a missing or truncated shard file without
-        # reading the shards twice.
-        _load_file(os.path.join(rank_dir, OPTIMIZER_FILENAME), mmap=True)
-    return rank_dir, state
+    optimizer_file = None
+    if load_optim and saved_sharded and writes_optimizer_file():
+        replicated = getattr(state["args"], "enable_optimizer_state_local_copy", False)
+        optimizer_file = _readable_optimizer_file(rank_dir, replicated)
+    return rank_dir, state, optimizer_file
 
 
 def _select_checkpoint(args: argparse.Namespace, load_optim: bool
-                       ) -> Optional[Tuple[int, str, Dict[str, Any]]]:
+                       ) -> Optional[Tuple[int, str, Dict[str, Any], Optional[str]]]:
     """Collective: the newest checkpoint every rank can read, with this rank's state."""
     first_error: Optional[str] = None
     for iteration in _candidate_iterations(args.load):
         error: Optional[Tuple[bool, str]] = None
         try:
-            rank_dir, state = _read_rank_files(args, iteration, load_optim)
+            rank_dir, state, optimizer_file = _read_rank_files(args, iteration, load_optim)
         except CheckpointError as exc:
             error = (isinstance(exc, _LayoutMismatch), str(exc))
         errors: List[Optional[Tuple[bool, str]]] = [None] * torch.distributed.get_world_size()
@@ -256,7 +299,7 @@ def _select_checkpoint(args: argparse.Namespace, load_optim: bool
         if not failures:
             if first_error is not None:
                 _warn(f"resuming from the older checkpoint at iteration {iteration}")
-            return iteration, rank_dir, state
+            return iteration, rank_dir, state, optimizer_file
         first_error = first_error or failures[0]
         _warn(f"checkpoint at iteration {iteration} is unreadable: {failures[0]}")
     if first_error is not None:
@@ -266,11 +309,28 @@ def _select_checkpoint(args: argparse.Namespace, load_optim: bool
 
 def load_checkpoint(args: argparse.Namespace, model: List[torch.nn.Module], optimizer: Any,
                     scheduler: Any) -> LoadedState:
+    """With LoRA, --load holds the base model (only its weights are read) and --lora-load the
+    adapters, with the iteration, optimizer and RNG state of the run that trained them."""
+    if not lora_enabled(args):
+        return _load_checkpoint(args, model, optimizer, scheduler, "all")
+    if args.load:
+        base = copy.copy(args)
+        base.finetune = True
+        _load_checkpoint(base, model, None, None, "base")
+    if args.lora_load is None:
+        return LoadedState()
+    adapters = copy.copy(args)
+    adapters.load = args.lora_load
+    return _load_checkpoint(adapters, model, optimizer, scheduler, "adapters")
+
+
+def _load_checkpoint(args: argparse.Namespace, model: List[torch.nn.Module], optimizer: Any,
+                     scheduler: Any, part: str) -> LoadedState:
     load_optim = optimizer is not None and not args.no_load_optim and not args.finetune
     selected = _select_checkpoint(args, load_optim)
     if selected is None:
         return LoadedState()
-    iteration, rank_dir, state = selected
+    iteration, rank_dir, state, optimizer_file = selected
     if "args" not in state or "iteration" not in state:
         raise CheckpointError(f"{rank_dir}/{MODEL_FILENAME} is not a Megatron checkpoint")
 
@@ -279,7 +339,7 @@ def load_checkpoint(args: argparse.Namespace, model: List[torch.nn.Module], opti
         if key not in state:
             raise CheckpointError(f"{rank_dir}/{MODEL_FILENAME} has no {key!r} entry")
         try:
-            _unwrap(chunk).load_state_dict(state[key], strict=True)
+            load_weights(_unwrap(chunk), state[key], part, args)
         except RuntimeError as exc:
             first_line = str(exc).strip().splitlines()
             raise CheckpointError(f"{rank_dir}: weights do not fit the model built from the "
@@ -295,11 +355,9 @@ def load_checkpoint(args: argparse.Namespace, model: List[torch.nn.Module], opti
                                   f"--use-distributed-optimizer setting; pass --no-load-optim")
         optimizer.load_state_dict(state["optimizer"])
         if args.use_distributed_optimizer:
-            shards = os.path.join(rank_dir, OPTIMIZER_FILENAME)
-            if parallel_state.get_data_parallel_rank() == 0 and not os.path.isfile(shards):
-                raise CheckpointError(f"checkpoint file missing: {shards}")
+            # Only each instance's reading rank opens the file (it chose an intact copy).
             with torch.no_grad():  # it copies into views of leaf parameters
-                optimizer.load_parameter_state(shards)
+                optimizer.load_parameter_state(optimizer_file)
     if scheduler is not None and "opt_param_scheduler" in state:
         scheduler.load_state_dict(state["opt_param_scheduler"])
     if not args.no_load_rng:

@@ -13,12 +13,16 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from modellink.models.gpt import build_model_chunks
 from modellink.models.init import init_layout_independent
+from modellink.models.lora import lora_enabled, prepare_for_training
+from modellink.training.replica import optimizer_instances
 
 
 def build_model(args: argparse.Namespace, config: TransformerConfig) -> List[torch.nn.Module]:
     chunks = build_model_chunks(args, config)
     if args.use_cpu_initialization:
         init_layout_independent(chunks, config, args.seed)
+    if lora_enabled(args):  # before DDP, which gives gradient buffers to trainable params only
+        prepare_for_training(chunks, args)
     if args.device != "cpu":
         chunks = [chunk.cuda() for chunk in chunks]  # transfer_to_npu maps .cuda() on NPU
     if args.fp16 or args.bf16:
@@ -30,6 +34,7 @@ def build_model(args: argparse.Namespace, config: TransformerConfig) -> List[tor
         use_distributed_optimizer=args.use_distributed_optimizer,
         bucket_size=args.ddp_bucket_size,
         check_for_nan_in_grad=args.check_for_nan_in_loss_and_grad,
+        num_distributed_optimizer_instances=optimizer_instances(args),
     )
     # Only the first chunk gets bucketed overlap; Megatron-LM does the same for VPP.
     return [

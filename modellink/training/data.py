@@ -18,6 +18,14 @@ from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, Moc
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import get_blend_from_list
 
+from modellink.training.instruction_batch import InstructionCollator, length_multiple
+from modellink.training.instruction_data import (
+    InstructionDataset,
+    InstructionDatasetConfig,
+    check_instruction_prefix,
+    is_instruction_prefix,
+    rows_longer_than,
+)
 from modellink.training.sampler import PretrainingSampler
 
 
@@ -79,8 +87,28 @@ def _blend(args: argparse.Namespace, sizes: List[int]
         raise DataError(f"--data-path must be PREFIX... or WEIGHT PREFIX pairs, "
                         f"got {' '.join(args.data_path)}") from None
     for prefix in prefixes:
-        _check_splits(prefix, check_indexed_dataset(prefix), args.split, sizes)
+        if args.is_instruction_dataset:
+            documents = check_instruction_prefix(prefix)
+        elif not os.path.isfile(prefix + ".bin") and is_instruction_prefix(prefix):
+            raise DataError(f"--data-path {prefix} is an instruction dataset "
+                            f"({prefix}_packed_*_document): add --is-instruction-dataset")
+        else:
+            documents = check_indexed_dataset(prefix)
+        _check_splits(prefix, documents, args.split, sizes)
     return prefixes, weights
+
+
+def _instruction_config(args: argparse.Namespace, tokenizer: Any,
+                        blend: Tuple[List[str], Optional[List[float]]]
+                        ) -> InstructionDatasetConfig:
+    truncated = sum(rows_longer_than(prefix, args.seq_length + 1) for prefix in blend[0])
+    if truncated and torch.distributed.is_initialized() and torch.distributed.get_rank() == 0:
+        print(f"modellink: {truncated} instruction rows hold more than --seq-length + 1 = "
+              f"{args.seq_length + 1} tokens and are truncated", flush=True)
+    return InstructionDatasetConfig(
+        random_seed=args.seed, sequence_length=args.seq_length, blend=blend, split=args.split,
+        path_to_cache=args.data_cache_path, mmap_bin_files=args.mmap_bin_files,
+        tokenizer=_TokenizerForDataset(tokenizer), shuffle=not args.no_shuffle)
 
 
 def build_datasets(args: argparse.Namespace, tokenizer: Any) -> Tuple[Any, Any]:
@@ -89,10 +117,31 @@ def build_datasets(args: argparse.Namespace, tokenizer: Any) -> Tuple[Any, Any]:
     gbs = args.global_batch_size
     evals = args.train_iters // args.eval_interval + 1 if args.eval_iters > 0 else 0
     sizes = [args.train_iters * gbs, evals * args.eval_iters * gbs, 0]
-    config = GPTDatasetConfig(
+    blend = _blend(args, sizes)
+    if args.is_instruction_dataset:
+        config, dataset_cls = _instruction_config(args, tokenizer, blend), InstructionDataset
+    else:
+        config = _pretraining_config(args, tokenizer, blend)
+        dataset_cls = MockGPTDataset if args.mock_data else GPTDataset
+    # Splits nobody samples are not built: megatron-core would loop forever on an empty one.
+    config.split_matrix = [None if size == 0 else bounds
+                           for size, bounds in zip(sizes, config.split_matrix)]
+    train, valid, _ = BlendedMegatronDatasetBuilder(
+        dataset_cls, sizes, lambda: True, config
+    ).build()
+    if train is None or len(train) < sizes[0]:
+        raise DataError(f"the train split holds {0 if train is None else len(train)} samples, "
+                        f"{sizes[0]} needed; check --split {args.split!r}")
+    return train, valid
+
+
+def _pretraining_config(args: argparse.Namespace, tokenizer: Any,
+                        blend: Optional[Tuple[List[str], Optional[List[float]]]]
+                        ) -> GPTDatasetConfig:
+    return GPTDatasetConfig(
         random_seed=args.seed,
         sequence_length=args.seq_length,
-        blend=_blend(args, sizes),
+        blend=blend,
         split=args.split,
         path_to_cache=args.data_cache_path,
         mmap_bin_files=args.mmap_bin_files,
@@ -102,17 +151,6 @@ def build_datasets(args: argparse.Namespace, tokenizer: Any) -> Tuple[Any, Any]:
         eod_mask_loss=args.eod_mask_loss,
         create_attention_mask=args.reset_attention_mask,
     )
-    # Splits nobody samples are not built: megatron-core would loop forever on an empty one.
-    config.split_matrix = [None if size == 0 else bounds
-                           for size, bounds in zip(sizes, config.split_matrix)]
-    dataset_cls = MockGPTDataset if args.mock_data else GPTDataset
-    train, valid, _ = BlendedMegatronDatasetBuilder(
-        dataset_cls, sizes, lambda: True, config
-    ).build()
-    if train is None or len(train) < sizes[0]:
-        raise DataError(f"the train split holds {0 if train is None else len(train)} samples, "
-                        f"{sizes[0]} needed; check --split {args.split!r}")
-    return train, valid
 
 
 def build_iterator(dataset: Any, args: argparse.Namespace, consumed_samples: int
@@ -126,8 +164,14 @@ def build_iterator(dataset: Any, args: argparse.Namespace, consumed_samples: int
         data_parallel_rank=parallel_state.get_data_parallel_rank(),
         data_parallel_size=parallel_state.get_data_parallel_world_size(),
     )
+    collate = None
+    if args.is_instruction_dataset:
+        collate = InstructionCollator(
+            args.seq_length, args.variable_seq_lengths,
+            length_multiple(args.tensor_model_parallel_size, args.sequence_parallel),
+            dataset.config.tokenizer.eod if args.eod_mask_loss else None)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=args.num_workers,
-        persistent_workers=args.num_workers > 0,
+        persistent_workers=args.num_workers > 0, collate_fn=collate,
     )
     return iter(loader)

@@ -18,6 +18,7 @@ from megatron.core.num_microbatches_calculator import (
 from modellink import backend as backends
 from modellink.patches import apply_patches
 from modellink.training.determinism import enable_deterministic_computation
+from modellink.training.replica import optimizer_instances
 
 
 def _free_port() -> int:
@@ -58,6 +59,7 @@ def initialize(args: argparse.Namespace) -> backends.Backend:
         virtual_pipeline_model_parallel_size=args.virtual_pipeline_model_parallel_size,
         context_parallel_size=args.context_parallel_size,
         expert_model_parallel_size=args.expert_model_parallel_size,
+        num_distributed_optimizer_instances=optimizer_instances(args),
     )
     init_num_microbatches_calculator(
         torch.distributed.get_rank(), None, args.global_batch_size, args.micro_batch_size,

@@ -15,7 +15,9 @@ from megatron.core.num_microbatches_calculator import get_num_microbatches
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from modellink.training.checkpointing import save_checkpoint
+from modellink.training.dying_gasp import UPDATE_NOTE, DyingGasp
 from modellink.training.exit_conditions import ExitMonitor
+from modellink.training.instruction_batch import pad_step_to_common_length
 from modellink.training.metrics import flops_per_iteration, training_log_line
 from modellink.training.monitor import TrainingMonitor
 from modellink.training.numerics import NonFiniteError, check_loss, is_grad_check_failure
@@ -86,15 +88,19 @@ def configure_model_hooks(config: Any, model: List[torch.nn.Module], optimizer: 
 
 def _run_schedule(model: List[torch.nn.Module], data_iterators: List[Iterator],
                   args: argparse.Namespace, forward_only: bool) -> List[Dict[str, torch.Tensor]]:
+    seq_length = args.seq_length
+    if args.variable_seq_lengths and args.pipeline_model_parallel_size > 1:
+        data_iterators, seq_length = pad_step_to_common_length(data_iterators,
+                                                               get_num_microbatches())
     return get_forward_backward_func()(
         forward_step_func=partial(forward_step,
                                   check_nan=args.check_for_nan_in_loss_and_grad),
         data_iterator=data_iterators if len(data_iterators) > 1 else data_iterators[0],
         model=model,
         num_microbatches=get_num_microbatches(),
-        seq_length=args.seq_length,
+        seq_length=seq_length,
         micro_batch_size=args.micro_batch_size,
-        decoder_seq_length=args.seq_length,
+        decoder_seq_length=seq_length,
         forward_only=forward_only,
     )
 
@@ -115,12 +121,18 @@ def train_step(model: List[torch.nn.Module], optimizer: Any, scheduler: Any,
     optimizer.zero_grad()
     losses = _run_schedule(model, data_iterators, args, forward_only=False)
     backward_done = time.perf_counter()
-    update_successful, grad_norm, _ = optimizer.step()
-    if update_successful:
-        scheduler.step(increment=args.global_batch_size)
-    timers = {"forward-backward": backward_done - start,
-              "optimizer": time.perf_counter() - backward_done}
-    return StepResult(_reduce_reported_loss(losses), grad_norm, not update_successful, timers)
+    try:
+        update_successful, grad_norm, _ = optimizer.step()
+        if update_successful:
+            scheduler.step(increment=args.global_batch_size)
+        timers = {"forward-backward": backward_done - start,
+                  "optimizer": time.perf_counter() - backward_done}
+        return StepResult(_reduce_reported_loss(losses), grad_norm, not update_successful,
+                          timers)
+    except Exception as exc:
+        # The weights may be (half-)updated while the iteration count is not: no dying gasp.
+        exc.add_note(UPDATE_NOTE)
+        raise
 
 
 def _guarded_train_step(model: List[torch.nn.Module], optimizer: Any, scheduler: Any,
@@ -187,11 +199,19 @@ def _train_iterations(args: argparse.Namespace, model: List[torch.nn.Module], op
     world = torch.distributed.get_world_size()
     skipped_since_log, nan_since_log, interval_start = 0, 0, time.perf_counter()
     iterations_since_log = 0
+    dying_gasp = DyingGasp(args)
     while state.iteration < args.train_iters:
         profiler.before_step(state.iteration)
         step_start = time.perf_counter()
-        step = _guarded_train_step(model, optimizer, scheduler, train_iterators, args,
-                                   state.iteration + 1)
+        dying_gasp.before_step()
+        try:
+            step = _guarded_train_step(model, optimizer, scheduler, train_iterators, args,
+                                       state.iteration + 1)
+        except Exception as exc:
+            dying_gasp.on_exception(exc, state, model, optimizer, scheduler, partial(
+                save, args, model, optimizer, scheduler, state))
+            raise
+        dying_gasp.after_step()
         step_seconds = time.perf_counter() - step_start
         profiler.after_step(state.iteration)
         state.iteration += 1

@@ -5,6 +5,8 @@ import argparse
 from datetime import datetime
 from typing import Optional
 
+from modellink.ops.activations import gated_mlp
+
 
 def flops_per_iteration(args: argparse.Namespace) -> float:
     """Model FLOPs of one forward+backward over a global batch (Megatron-LM's formula)."""
@@ -13,7 +15,7 @@ def flops_per_iteration(args: argparse.Namespace) -> float:
     query_ratio = kv_channels * heads / hidden
     routed = 1 if args.num_experts is None else args.moe_router_topk
     ffn = args.ffn_hidden_size if args.num_experts is None else args.moe_ffn_hidden_size
-    gated = 1.5 if args.swiglu else 1.0
+    gated = 1.5 if gated_mlp(args) else 1.0
     tokens = args.global_batch_size * args.seq_length
     return 12.0 * tokens * layers * hidden * hidden * (
         (1 + args.num_query_groups / heads + args.seq_length / hidden) * query_ratio

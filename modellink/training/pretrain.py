@@ -11,11 +11,13 @@ from modellink.arguments import ArgumentError, parse_args
 from modellink.data.tokenizers import build_tokenizer
 from modellink.models.gpt import transformer_config_from_args
 from modellink.models.layer_spec import operator_paths
+from modellink.models.lora import lora_enabled
 from modellink.training.checkpointing import load_checkpoint
 from modellink.training.components import build_model, build_optimizer, build_scheduler
 from modellink.training.data import build_datasets, build_iterator
 from modellink.training.initialize import initialize, shutdown
 from modellink.training.loop import TrainState, configure_model_hooks, save, train
+from modellink.training.replica import log_memory_account
 
 
 def padded_vocab_size(vocab_size: int, args: argparse.Namespace) -> int:
@@ -48,11 +50,13 @@ def _iterators(dataset: Any, args: argparse.Namespace, consumed: int, chunks: in
 
 
 def _log_setup(args: argparse.Namespace, model: List[torch.nn.Module]) -> None:
-    local = torch.tensor([sum(p.numel() for chunk in model for p in chunk.parameters())])
+    params = [p for chunk in model for p in chunk.parameters()]
+    local = torch.tensor([sum(p.numel() for p in params),
+                          sum(p.numel() for p in params if p.requires_grad)])
     torch.distributed.all_reduce(local)  # replicas count once per data-parallel copy
     if torch.distributed.get_rank() != 0:
         return
-    total = int(local.item()) // args.data_parallel_size
+    total, trainable = (int(n) // args.data_parallel_size for n in local.tolist())
     print(f"modellink: device {args.device}, world {args.world_size} = "
           f"TP {args.tensor_model_parallel_size} x PP {args.pipeline_model_parallel_size} x "
           f"DP {args.data_parallel_size} (EP {args.expert_model_parallel_size}, "
@@ -61,6 +65,15 @@ def _log_setup(args: argparse.Namespace, model: List[torch.nn.Module]) -> None:
     print(f"modellink: operators: {operator_paths(args, args.device)}", flush=True)
     print(f"modellink: parameters ~{total / 1e6:.2f}M (summed over model-parallel shards)",
           flush=True)
+    if lora_enabled(args):
+        print(f"modellink: LoRA r {args.lora_r}, alpha {args.lora_alpha} on "
+              f"{' '.join(args.lora_target_modules)}: trainable parameters {trainable:,} of "
+              f"{total:,} ({100 * trainable / total:.2f}%)", flush=True)
+    if args.is_instruction_dataset:
+        lengths = "per micro-batch" if args.variable_seq_lengths else f"{args.seq_length}"
+        print(f"modellink: instruction data, prompt type {args.prompt_type or 'not given'}, "
+              f"padded length {lengths}, {'file order' if args.no_shuffle else 'shuffled'}",
+              flush=True)
 
 
 def pretrain(argv: Optional[Sequence[str]] = None) -> TrainState:
@@ -76,8 +89,9 @@ def pretrain(argv: Optional[Sequence[str]] = None) -> TrainState:
         scheduler = build_scheduler(args, optimizer)
         configure_model_hooks(config, model, optimizer)
         _log_setup(args, model)
+        log_memory_account(args, config.params_dtype)
         state = TrainState()
-        if args.load:
+        if args.load or args.lora_load:
             loaded = load_checkpoint(args, model, optimizer, scheduler)
             state = TrainState(loaded.iteration, loaded.consumed_train_samples,
                                loaded.consumed_valid_samples)

@@ -1,0 +1,258 @@
+"""LoRA adapters on megatron-core's tensor-parallel linears, split the way the base layer is.
+
+    y = base(x) + (alpha / r) * B(A(x))
+
+ColumnParallelLinear (linear_qkv, linear_fc1): A [r, in] is replicated, B [out/tp, r] holds
+the rank's output rows, so B's rows follow the base weight's own layout (query groups, SwiGLU
+gate/up halves). RowParallelLinear (linear_proj, linear_fc2): A [r, in/tp] holds the rank's
+input columns; its partial product is all-reduced (reduce-scattered along the sequence with
+sequence parallelism) exactly as the base layer's output is, and B [out, r] is replicated.
+Only rank-r activations cross ranks. With sequence parallelism a replicated matrix sees only
+the rank's tokens, so it is marked `sequence_parallel` and megatron-core sums its gradient
+over the tensor-parallel group, as it does for norm weights.
+
+Why not peft: its LoraParallelLinear (peft/tuners/lora/tp_layer.py) applies the replicated
+matrix as a plain nn.Linear without that mark, so with sequence parallelism every rank would
+update it from its own tokens only and the replicas drift apart; and get_peft_model renames
+every wrapped weight to `*.base_layer.weight`, which breaks Megatron-LM checkpoint names, the
+converters and the layout-free initialisation. These layers subclass the base layer instead,
+so base weights keep their names and adapters appear as ModelLink / MindSpeed-LLM (peft) name
+them: `<linear>.lora_A.default.weight`, `<linear>.lora_B.default.weight`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import math
+import zlib
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from megatron.core.tensor_parallel.layers import (
+    ColumnParallelLinear,
+    RowParallelLinear,
+    set_tensor_model_parallel_attributes,
+)
+from megatron.core.tensor_parallel.mappings import (
+    copy_to_tensor_model_parallel_region,
+    gather_from_sequence_parallel_region,
+    gather_from_tensor_model_parallel_region,
+    reduce_from_tensor_model_parallel_region,
+    reduce_scatter_to_sequence_parallel_region,
+    scatter_to_tensor_model_parallel_region,
+)
+from megatron.core.transformer.mlp import MLPSubmodules, apply_swiglu_sharded_factory
+from megatron.core.transformer.module import Float16Module
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.utils import make_sharded_tensors_for_checkpoint
+
+LORA_A = "lora_A.default.weight"
+LORA_B = "lora_B.default.weight"
+
+
+def lora_enabled(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "lora_target_modules", None))
+
+
+def _adapter(rows: int, cols: int, like: torch.Tensor) -> torch.nn.ModuleDict:
+    # Zero until init_adapters() draws A: a freshly built layer is exactly its base layer.
+    linear = torch.nn.Linear(cols, rows, bias=False, device=like.device, dtype=like.dtype)
+    torch.nn.init.zeros_(linear.weight)
+    return torch.nn.ModuleDict({"default": linear})
+
+
+class _Adapted:
+    """What both adapter variants share; `lora_r` / `lora_alpha` come from adapter_class()."""
+
+    lora_r: int
+    lora_alpha: int
+    lora_A: torch.nn.ModuleDict
+    lora_B: torch.nn.ModuleDict
+
+    @property
+    def lora_scaling(self) -> float:
+        return self.lora_alpha / self.lora_r
+
+    def _mark_replicated(self, weight: torch.Tensor) -> None:
+        set_tensor_model_parallel_attributes(weight, False, -1, 1)
+        if self.sequence_parallel:
+            weight.sequence_parallel = True
+
+    def full_a_slice(self, full: torch.Tensor) -> torch.Tensor:
+        """This rank's part of a full-size A (drawn the same way at every layout)."""
+        return full
+
+    def _sharded(self, prefix: str, sharded_offsets: tuple, metadata: Optional[dict],
+                 axes: Dict[str, int]) -> Dict[str, Any]:
+        state = self.state_dict(prefix="", keep_vars=True)
+        return make_sharded_tensors_for_checkpoint(
+            state, prefix, axes, sharded_offsets, tp_group=self.tp_group,
+            dp_cp_group=(metadata or {}).get("dp_cp_group"))
+
+
+class _ColumnAdapted(_Adapted):
+    def __init__(self, input_size: int, output_size: int, **kwargs: Any) -> None:
+        super().__init__(input_size, output_size, **kwargs)
+        self.lora_A = _adapter(self.lora_r, input_size, self.weight)
+        self.lora_B = _adapter(self.output_size_per_partition, self.lora_r, self.weight)
+        self._mark_replicated(self.lora_A["default"].weight)
+        set_tensor_model_parallel_attributes(self.lora_B["default"].weight, True, 0, 1)
+
+    def forward(self, input_: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                runtime_gather_output: Optional[bool] = None
+                ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        output, bias = super().forward(input_, weight, runtime_gather_output)
+        low = F.linear(input_, self.lora_A["default"].weight)
+        if self.sequence_parallel:  # backward: reduce-scatter, as the base layer's input
+            low = gather_from_sequence_parallel_region(low, group=self.tp_group)
+        else:  # backward: all-reduce of the input gradient, as the base layer's
+            low = copy_to_tensor_model_parallel_region(low, group=self.tp_group)
+        delta = F.linear(low, self.lora_B["default"].weight) * self.lora_scaling
+        gather = self.gather_output if runtime_gather_output is None else runtime_gather_output
+        if gather:
+            delta = gather_from_tensor_model_parallel_region(delta, group=self.tp_group)
+        return output + delta, bias
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (),
+                           metadata: Optional[dict] = None) -> Dict[str, Any]:
+        sharded = self._sharded(prefix, sharded_offsets, metadata,
+                                {"weight": 0, "bias": 0, LORA_B: 0})
+        if getattr(self.weight, "partition_stride", 1) == 2:
+            # SwiGLU fc1: B's rows are [gate shard; up shard] like the weight's (MLP's own
+            # sharded_state_dict only rewrites the weight and bias keys).
+            key = f"{prefix}{LORA_B}"
+            sharded[key] = apply_swiglu_sharded_factory(sharded[key], sharded_offsets)
+        return sharded
+
+
+class _RowAdapted(_Adapted):
+    def __init__(self, input_size: int, output_size: int, **kwargs: Any) -> None:
+        super().__init__(input_size, output_size, **kwargs)
+        self.lora_A = _adapter(self.lora_r, self.input_size_per_partition, self.weight)
+        self.lora_B = _adapter(output_size, self.lora_r, self.weight)
+        set_tensor_model_parallel_attributes(self.lora_A["default"].weight, True, 1, 1)
+        self._mark_replicated(self.lora_B["default"].weight)
+
+    def full_a_slice(self, full: torch.Tensor) -> torch.Tensor:
+        rank = torch.distributed.get_rank(self.tp_group)
+        width = self.input_size_per_partition
+        return full[:, rank * width:(rank + 1) * width]
+
+    def forward(self, input_: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        output, bias = super().forward(input_)
+        local = input_ if self.input_is_parallel else \
+            scatter_to_tensor_model_parallel_region(input_, group=self.tp_group)
+        low = F.linear(local, self.lora_A["default"].weight)
+        if self.sequence_parallel:
+            low = reduce_scatter_to_sequence_parallel_region(low, group=self.tp_group)
+        else:
+            low = reduce_from_tensor_model_parallel_region(low, group=self.tp_group)
+        return output + F.linear(low, self.lora_B["default"].weight) * self.lora_scaling, bias
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (),
+                           metadata: Optional[dict] = None) -> Dict[str, Any]:
+        return self._sharded(prefix, sharded_offsets, metadata, {"weight": 1, LORA_A: 1})
+
+
+@functools.lru_cache(maxsize=None)
+def adapter_class(base: type, r: int, alpha: int) -> type:
+    """`base` (ColumnParallelLinear, RowParallelLinear or a subclass such as the MC2 linears)
+    with LoRA adapters of rank r; a class, as attention builds linear_qkv by calling it."""
+    if issubclass(base, ColumnParallelLinear):
+        mixin: type = _ColumnAdapted
+    elif issubclass(base, RowParallelLinear):
+        mixin = _RowAdapted
+    else:
+        raise ValueError(f"LoRA wraps megatron-core parallel linears, not {base.__name__}")
+    return type(f"Lora{base.__name__}", (mixin, base), {"lora_r": r, "lora_alpha": alpha})
+
+
+def _adapt(spec: ModuleSpec, targets: List[str], r: int, alpha: int) -> ModuleSpec:
+    submodules = spec.submodules
+    changes = {name: adapter_class(getattr(submodules, name), r, alpha)
+               for name in targets if hasattr(submodules, name)}
+    return dataclasses.replace(spec, submodules=dataclasses.replace(submodules, **changes))
+
+
+def with_adapters(layer: ModuleSpec, args: argparse.Namespace) -> ModuleSpec:
+    """The decoder layer spec with --lora-target-modules wrapped (unchanged without LoRA)."""
+    if not lora_enabled(args):
+        return layer
+    targets, r, alpha = args.lora_target_modules, args.lora_r, args.lora_alpha
+    submodules = layer.submodules
+    mlp = submodules.mlp
+    if isinstance(mlp.submodules, MLPSubmodules):  # MoE experts: refused by the flag checks
+        mlp = _adapt(mlp, targets, r, alpha)
+    return dataclasses.replace(layer, submodules=dataclasses.replace(
+        submodules, self_attention=_adapt(submodules.self_attention, targets, r, alpha),
+        mlp=mlp))
+
+
+def is_trainable(name: str, modules_to_save: Optional[List[str]]) -> bool:
+    """Adapters and --lora-modules-to-save are trained (and saved); the rest is frozen."""
+    if name.endswith("_extra_state"):
+        return False
+    if ".lora_A." in name or ".lora_B." in name:
+        return True
+    return any(module in name.split(".")[:-1] for module in modules_to_save or ())
+
+
+@torch.no_grad()
+def init_adapters(chunks: List[torch.nn.Module], seed: int) -> None:
+    """Draw every A from (seed, global layer, module name) over its full shape, so each layout
+    starts from the same adapters; B stays zero, so step 0 is the base model. The range is
+    peft's default (kaiming-uniform with a=sqrt(5): +-1/sqrt(fan_in))."""
+    for chunk in chunks:
+        for layer in chunk.decoder.layers:
+            for name, module in layer.named_modules():
+                if not isinstance(module, _Adapted):
+                    continue
+                generator = torch.Generator().manual_seed(
+                    zlib.crc32(f"{seed}:lora:{layer.layer_number}:{name}".encode()))
+                bound = 1.0 / math.sqrt(module.input_size)
+                full = torch.empty(module.lora_r, module.input_size)
+                full.uniform_(-bound, bound, generator=generator)
+                a = module.lora_A["default"].weight
+                a.copy_(module.full_a_slice(full).to(a.dtype))
+                torch.nn.init.zeros_(module.lora_B["default"].weight)
+
+
+def prepare_for_training(chunks: List[torch.nn.Module], args: argparse.Namespace) -> None:
+    """Initialise the adapters and freeze everything that is not trained."""
+    init_adapters(chunks, args.seed)
+    for chunk in chunks:
+        for name, param in chunk.named_parameters():
+            param.requires_grad_(is_trainable(name, args.lora_modules_to_save))
+
+
+def saved_weights(module: torch.nn.Module, args: argparse.Namespace) -> Dict[str, Any]:
+    """The model entry of a checkpoint: with LoRA, only the trained weights."""
+    state = module.state_dict_for_save_checkpoint()
+    if not lora_enabled(args):
+        return state
+    return {k: v for k, v in state.items() if is_trainable(k, args.lora_modules_to_save)}
+
+
+def load_weights(module: torch.nn.Module, state: Dict[str, Any], part: str,
+                 args: argparse.Namespace) -> None:
+    """part "all": a whole model, strictly; "base": a model without adapters (a pretrained or
+    converted checkpoint); "adapters": what saved_weights() kept. Raises RuntimeError naming
+    the keys that do not fit."""
+    if part == "all":
+        module.load_state_dict(state, strict=True)
+        return
+    if isinstance(module, Float16Module):  # its load_state_dict returns nothing
+        module = module.module
+    result = module.load_state_dict(state, strict=False)
+    modules_to_save = args.lora_modules_to_save
+    if part == "base":
+        missing = [k for k in result.missing_keys if ".lora_A." not in k and ".lora_B." not in k]
+    else:
+        missing = [k for k in result.missing_keys if is_trainable(k, modules_to_save)]
+    problems = [f"missing {k}" for k in missing] + [f"unexpected {k}"
+                                                     for k in result.unexpected_keys]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise RuntimeError(f"{'; '.join(problems[:3])}{more}")

@@ -1,0 +1,233 @@
+"""Tiny checkpoints of the trust_remote_code families, in their published layouts.
+
+transformers has no classes for Baichuan2, InternLM2 or ChatGLM3 and no code may be downloaded,
+so each case is a transformers model that computes the same function (Llama for Baichuan2-7B
+and InternLM2; GLM-4's GlmForCausalLM for ChatGLM3: RoPE on half of each head's channels,
+adjacent pairs rotated, QKV bias, RMSNorm, SwiGLU, untied head), whose state dict is rewritten
+here into the family's own tensor names, fused layouts and config.json. Baichuan2-13B (ALiBi)
+has no transformers counterpart; its reference is its forward pass, written out below over a
+Llama's weights. All of this follows the families' modeling code, independently of modellink.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+import transformers
+from safetensors.torch import load_file, save_file
+
+State = Dict[str, torch.Tensor]
+
+SHAPE = dict(vocab_size=250, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+             num_attention_heads=4, max_position_embeddings=64)
+
+
+def _layers(config: transformers.PretrainedConfig) -> range:
+    return range(config.num_hidden_layers)
+
+
+def _baichuan2(sd: State, c: transformers.PretrainedConfig) -> Tuple[State, Dict[str, Any]]:
+    out = {"model.embed_tokens.weight": sd["model.embed_tokens.weight"],
+           "model.norm.weight": sd["model.norm.weight"], "lm_head.weight": sd["lm_head.weight"]}
+    for i in _layers(c):
+        p = f"model.layers.{i}."
+        out[p + "self_attn.W_pack.weight"] = torch.cat(
+            [sd[p + f"self_attn.{x}_proj.weight"] for x in "qkv"])
+        for name in ("self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+                     "input_layernorm", "post_attention_layernorm"):
+            out[p + name + ".weight"] = sd[p + name + ".weight"]
+    config = {"architectures": ["BaichuanForCausalLM"], "model_type": "baichuan",
+              "auto_map": {"AutoConfig": "configuration_baichuan.BaichuanConfig",
+                           "AutoModelForCausalLM": "modeling_baichuan.BaichuanForCausalLM"},
+              "hidden_act": "silu", "hidden_size": c.hidden_size,
+              "intermediate_size": c.intermediate_size,
+              "max_position_embeddings": c.max_position_embeddings,
+              "model_max_length": c.max_position_embeddings,
+              "num_attention_heads": c.num_attention_heads,
+              "num_hidden_layers": c.num_hidden_layers, "rms_norm_eps": c.rms_norm_eps,
+              "tie_word_embeddings": False, "vocab_size": c.vocab_size, "z_loss_weight": 0,
+              "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "use_cache": True}
+    return out, config
+
+
+def _baichuan2_13b(sd: State, c: transformers.PretrainedConfig
+                   ) -> Tuple[State, Dict[str, Any]]:
+    tensors, config = _baichuan2(sd, c)
+    del config["max_position_embeddings"]  # 13B's config.json: model_max_length only
+    return tensors, config
+
+
+def _baichuan_alibi_slopes(heads: int) -> List[float]:
+    """Baichuan2-13B's _get_interleave."""
+    def power_of_2(n: int) -> List[float]:
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [start * start ** i for i in range(n)]
+    if math.log2(heads).is_integer():
+        return power_of_2(heads)
+    closest = 2 ** math.floor(math.log2(heads))
+    return power_of_2(closest) + _baichuan_alibi_slopes(2 * closest)[0::2][:heads - closest]
+
+
+class Baichuan13BReference(torch.nn.Module):
+    """Baichuan2-13B's forward over a Llama's weights: the Llama without RoPE, with ALiBi's
+    mask (slope x key position, plus the causal mask) added to the scaled scores."""
+
+    def __init__(self, llama: transformers.PreTrainedModel) -> None:
+        super().__init__()
+        self.llama = llama
+
+    def forward(self, input_ids: torch.Tensor) -> SimpleNamespace:
+        model, config = self.llama.model, self.llama.config
+        batch, seq = input_ids.shape
+        heads = config.num_attention_heads
+        dim = config.hidden_size // heads
+        slopes = torch.tensor(_baichuan_alibi_slopes(heads))
+        mask = slopes[:, None, None] * torch.arange(seq)[None, None, :] + \
+            torch.full((seq, seq), float("-inf")).triu(1)
+        hidden = model.embed_tokens(input_ids)
+        for layer in model.layers:
+            x, attn = layer.input_layernorm(hidden), layer.self_attn
+            q, k, v = (getattr(attn, f"{n}_proj")(x).view(batch, seq, heads, dim).transpose(1, 2)
+                       for n in "qkv")
+            probs = torch.softmax(q @ k.transpose(2, 3) / math.sqrt(dim) + mask, dim=-1)
+            hidden = hidden + attn.o_proj((probs @ v).transpose(1, 2).reshape(batch, seq, -1))
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        return SimpleNamespace(logits=self.llama.lm_head(model.norm(hidden)))
+
+
+def _internlm2(sd: State, c: transformers.PretrainedConfig) -> Tuple[State, Dict[str, Any]]:
+    out = {"model.tok_embeddings.weight": sd["model.embed_tokens.weight"],
+           "model.norm.weight": sd["model.norm.weight"], "output.weight": sd["lm_head.weight"]}
+    d = c.hidden_size // c.num_attention_heads
+    groups = c.num_key_value_heads
+    per_group = c.num_attention_heads // groups * d
+    for i in _layers(c):
+        p, q = f"model.layers.{i}.", f"model.layers.{i}.self_attn."
+        # wqkv rows, as InternLM2 splits them: "(h gs d)" with gs = q heads per group + 2.
+        out[p + "attention.wqkv.weight"] = torch.cat([torch.cat([
+            sd[q + "q_proj.weight"][g * per_group:(g + 1) * per_group],
+            sd[q + "k_proj.weight"][g * d:(g + 1) * d],
+            sd[q + "v_proj.weight"][g * d:(g + 1) * d]]) for g in range(groups)])
+        renames = {"self_attn.o_proj": "attention.wo", "mlp.gate_proj": "feed_forward.w1",
+                   "mlp.up_proj": "feed_forward.w3", "mlp.down_proj": "feed_forward.w2",
+                   "input_layernorm": "attention_norm", "post_attention_layernorm": "ffn_norm"}
+        for ours, theirs in renames.items():
+            out[p + theirs + ".weight"] = sd[p + ours + ".weight"]
+    config = {"architectures": ["InternLM2ForCausalLM"], "model_type": "internlm2",
+              "auto_map": {"AutoConfig": "configuration_internlm2.InternLM2Config",
+                           "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM"},
+              "attn_implementation": "eager", "bias": False, "hidden_act": "silu",
+              "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
+              "max_position_embeddings": c.max_position_embeddings,
+              "num_attention_heads": c.num_attention_heads,
+              "num_hidden_layers": c.num_hidden_layers, "num_key_value_heads": groups,
+              "rms_norm_eps": c.rms_norm_eps, "rope_theta": 10000,
+              # As internlm2-7b ships it; dynamic NTK changes nothing below 64 positions.
+              "rope_scaling": {"type": "dynamic", "factor": 2.0},
+              "tie_word_embeddings": False, "vocab_size": c.vocab_size,
+              "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2, "use_cache": True}
+    return out, config
+
+
+def _chatglm3(sd: State, c: transformers.PretrainedConfig) -> Tuple[State, Dict[str, Any]]:
+    t = "transformer."
+    kv_channels = c.head_dim
+    rotary = kv_channels // 2  # ChatGLM's RotaryEmbedding(rotary_dim // 2), built in fp32 here
+    out = {t + "embedding.word_embeddings.weight": sd["model.embed_tokens.weight"],
+           t + "rotary_pos_emb.inv_freq":
+               1.0 / (10000 ** (torch.arange(0, rotary, 2).to(torch.float32) / rotary)),
+           t + "encoder.final_layernorm.weight": sd["model.norm.weight"],
+           t + "output_layer.weight": sd["lm_head.weight"]}
+    for i in _layers(c):
+        p, q = f"{t}encoder.layers.{i}.", f"model.layers.{i}."
+        for kind in ("weight", "bias"):
+            out[p + f"self_attention.query_key_value.{kind}"] = torch.cat(
+                [sd[q + f"self_attn.{x}_proj.{kind}"] for x in "qkv"])
+        out[p + "self_attention.dense.weight"] = sd[q + "self_attn.o_proj.weight"]
+        out[p + "mlp.dense_h_to_4h.weight"] = sd[q + "mlp.gate_up_proj.weight"]
+        out[p + "mlp.dense_4h_to_h.weight"] = sd[q + "mlp.down_proj.weight"]
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            out[p + norm + ".weight"] = sd[q + norm + ".weight"]
+    config = {"architectures": ["ChatGLMModel"], "model_type": "chatglm",
+              "auto_map": {"AutoConfig": "configuration_chatglm.ChatGLMConfig",
+                           "AutoModelForCausalLM":
+                               "modeling_chatglm.ChatGLMForConditionalGeneration"},
+              "add_bias_linear": False, "add_qkv_bias": True,
+              "apply_query_key_layer_scaling": True,
+              "apply_residual_connection_post_layernorm": False, "attention_dropout": 0.0,
+              "attention_softmax_in_fp32": True, "bias_dropout_fusion": True,
+              "ffn_hidden_size": c.intermediate_size, "fp32_residual_connection": False,
+              "hidden_dropout": 0.0, "hidden_size": c.hidden_size, "kv_channels": kv_channels,
+              "layernorm_epsilon": c.rms_norm_eps, "multi_query_attention": True,
+              "multi_query_group_num": c.num_key_value_heads,
+              "num_attention_heads": c.num_attention_heads, "num_layers": c.num_hidden_layers,
+              "original_rope": True, "padded_vocab_size": c.vocab_size, "post_layer_norm": True,
+              "rmsnorm": True, "seq_length": c.max_position_embeddings, "use_cache": True,
+              "tie_word_embeddings": False, "eos_token_id": 2, "pad_token_id": 0}
+    return out, config
+
+
+@dataclass(frozen=True)
+class RemoteFamily:
+    reference: Callable[[], transformers.PretrainedConfig]
+    rewrite: Callable[[State, transformers.PretrainedConfig], Tuple[State, Dict[str, Any]]]
+    normalized_head: Optional[str] = None  # Baichuan2's NormHead weight
+    family: Optional[str] = None  # --model-type-hf, where it is not the case's name
+    alibi: bool = False
+
+
+REMOTE_FAMILIES: Dict[str, RemoteFamily] = {
+    "baichuan2": RemoteFamily(lambda: transformers.LlamaConfig(**SHAPE, num_key_value_heads=4),
+                              _baichuan2, normalized_head="lm_head.weight"),
+    # 6 heads: ALiBi's slopes for a head count that is not a power of two, as 13B's 40.
+    "baichuan2_13b": RemoteFamily(
+        lambda: transformers.LlamaConfig(**dict(SHAPE, hidden_size=96, num_attention_heads=6),
+                                         num_key_value_heads=6),
+        _baichuan2_13b, normalized_head="lm_head.weight", family="baichuan2", alibi=True),
+    "internlm2": RemoteFamily(lambda: transformers.LlamaConfig(**SHAPE, num_key_value_heads=2),
+                              _internlm2),
+    "chatglm3": RemoteFamily(lambda: transformers.GlmConfig(
+        **SHAPE, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5,
+        partial_rotary_factor=0.5, attention_bias=True, tie_word_embeddings=False,
+        pad_token_id=0, eos_token_id=2, bos_token_id=1), _chatglm3),
+}
+
+
+def model_type_hf(case: str) -> str:
+    spec = REMOTE_FAMILIES.get(case)
+    return spec.family if spec is not None and spec.family else case
+
+
+def save_remote(family: str, model: transformers.PreTrainedModel,
+                directory: Path) -> torch.nn.Module:
+    """Write `model` as a checkpoint of `family`; returns the model that computes the
+    checkpoint's function (Baichuan2's with the normalised head NormHead uses at inference)."""
+    spec = REMOTE_FAMILIES[family]
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    tensors, config = spec.rewrite(state, model.config)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps(dict(config, torch_dtype="float32")))
+    if spec.normalized_head:
+        with torch.no_grad():
+            model.lm_head.weight.copy_(F.normalize(model.lm_head.weight, dim=1))
+    return Baichuan13BReference(model) if spec.alibi else model
+
+
+def load_remote(directory: Path) -> Tuple[State, Dict[str, Any]]:
+    tensors: State = {}
+    for path in sorted(directory.glob("*.safetensors")):
+        tensors.update(load_file(str(path)))
+    return tensors, json.loads((directory / "config.json").read_text())
+
+
+def expected_round_trip(family: str, tensors: State) -> State:
+    """What Megatron -> HF gives back: the checkpoint, with Baichuan2's head normalised."""
+    name = REMOTE_FAMILIES[family].normalized_head
+    return tensors if name is None else dict(tensors, **{name: F.normalize(tensors[name], dim=1)})
