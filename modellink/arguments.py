@@ -7,19 +7,16 @@ naming the flag at fault, raised before anything touches disk or the network.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import os
 from typing import List, Optional, Sequence
 
+from modellink.argument_errors import ArgumentError, require
 from modellink.data.tokenizers import add_tokenizer_arguments
 from modellink.models.feature_args import add_model_feature_arguments, validate_model_features
 from modellink.training.finetune_args import add_finetune_arguments, validate_finetune_args
 from modellink.training.lora_args import add_lora_arguments, validate_lora_args
-
-
-class ArgumentError(ValueError):
-    """A bad command line; the message names the flag and the problem."""
+from modellink.training.resilience_args import add_resilience_arguments, validate_resilience_args
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_checkpoint_args(parser)
     _add_logging_args(parser)
     _add_fused_op_args(parser)
-    _add_resilience_args(parser)
+    add_resilience_arguments(parser)
     return parser
 
 
@@ -267,50 +264,6 @@ def _add_fused_op_args(parser: argparse.ArgumentParser) -> None:
                    help="keys after the query; attention is causal, so only 0 is accepted")
 
 
-def _add_resilience_args(parser: argparse.ArgumentParser) -> None:
-    """Fault tolerance, numerics guards, determinism, profiling and the training monitor."""
-    g = parser.add_argument_group("fault tolerance")
-    g.add_argument("--exit-signal-handler", action="store_true",
-                   help="on SIGTERM, every rank saves a dying-gasp checkpoint (with --save) "
-                        "at the end of the current iteration, then exits")
-    g.add_argument("--exit-duration-in-mins", type=int, default=None,
-                   help="save (with --save) and exit once the run has lasted this long")
-    g.add_argument("--keep-last-n-checkpoints", type=int, default=None,
-                   help="after each save, delete all but the newest N iteration directories")
-    g.add_argument("--enable-high-availability", action="store_true",
-                   help="an exception in the train loop saves a dying-gasp checkpoint (with "
-                        "--save) before it is re-raised")
-    g.add_argument("--enable-optimizer-state-local-copy", action="store_true",
-                   help="replica optimizer: every distributed-optimizer shard also lives on a "
-                        "second data-parallel rank (needs --enable-high-availability)")
-    g = parser.add_argument_group("numerics")
-    g.add_argument("--check-for-nan-in-loss-and-grad", action="store_true",
-                   help="stop, naming the iteration and rank, on a NaN/Inf loss or local grad")
-    g = parser.add_argument_group("determinism (ModelLink)")
-    g.add_argument("--use-deter-comp", action="store_true",
-                   help="deterministic kernels and reductions: identical runs give identical bits")
-    g = parser.add_argument_group("profiling")
-    g.add_argument("--profile", action="store_true")
-    g.add_argument("--profile-step-start", type=int, default=10)
-    g.add_argument("--profile-step-end", type=int, default=12)
-    g.add_argument("--profile-ranks", nargs="+", type=int, default=[-1],
-                   help="global ranks to profile; -1 profiles every rank")
-    g.add_argument("--profile-level", default="level0", choices=["level0", "level1", "level2"])
-    g.add_argument("--profile-with-cpu", action="store_true")
-    g.add_argument("--profile-with-stack", action="store_true")
-    g.add_argument("--profile-with-memory", action="store_true")
-    g.add_argument("--profile-record-shapes", action="store_true")
-    g.add_argument("--profile-save-path", default="./profile_dir")
-    g = parser.add_argument_group("training monitor")
-    g.add_argument("--tensorboard-dir", default=None)
-    g.add_argument("--tensorboard-log-interval", type=int, default=1)
-    g.add_argument("--tensorboard-queue-size", type=int, default=1000)
-    g.add_argument("--log-timers-to-tensorboard", action="store_true")
-    g.add_argument("--wandb-project", default="")
-    g.add_argument("--wandb-exp-name", default="")
-    g.add_argument("--wandb-save-dir", default="")
-
-
 def parse_args(argv: Optional[Sequence[str]] = None, world_size: Optional[int] = None
                ) -> argparse.Namespace:
     """Parse and validate; `world_size` defaults to the WORLD_SIZE torchrun sets."""
@@ -331,14 +284,9 @@ def validate_args(args: argparse.Namespace) -> None:
     _validate_batch(args)
     _validate_training(args)
     _validate_fused_ops(args)
-    _validate_resilience(args)
+    validate_resilience_args(args)
     validate_finetune_args(args)
     validate_lora_args(args)
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ArgumentError(message)
 
 
 def _validate_parallel_sizes(args: argparse.Namespace) -> None:
@@ -347,41 +295,41 @@ def _validate_parallel_sizes(args: argparse.Namespace) -> None:
     for name, value in (("--tensor-model-parallel-size", tp), ("--pipeline-model-parallel-size", pp),
                         ("--context-parallel-size", cp),
                         ("--expert-model-parallel-size", args.expert_model_parallel_size)):
-        _require(value >= 1, f"{name} must be >= 1, got {value}")
-    _require(cp == 1, "--context-parallel-size > 1 is not supported yet (no ring attention); use 1")
+        require(value >= 1, f"{name} must be >= 1, got {value}")
+    require(cp == 1, "--context-parallel-size > 1 is not supported yet (no ring attention); use 1")
     model_parallel = tp * pp * cp
-    _require(args.world_size % model_parallel == 0,
+    require(args.world_size % model_parallel == 0,
              f"world size {args.world_size} is not divisible by tensor x pipeline x context "
              f"parallel size {tp} x {pp} x {cp}")
     args.data_parallel_size = args.world_size // model_parallel
     ep = args.expert_model_parallel_size
     if ep > 1:
-        _require(args.num_experts is not None, "--expert-model-parallel-size > 1 needs --num-experts")
-        _require(args.data_parallel_size * cp % ep == 0,
+        require(args.num_experts is not None, "--expert-model-parallel-size > 1 needs --num-experts")
+        require(args.data_parallel_size * cp % ep == 0,
                  f"--expert-model-parallel-size {ep} must divide data x context parallel size "
                  f"{args.data_parallel_size * cp}")
     if args.sequence_parallel and tp == 1:
         args.sequence_parallel = False  # as Megatron-LM: sequence parallelism needs TP > 1
     if args.num_experts is not None and tp > 1:
-        _require(args.sequence_parallel,
+        require(args.sequence_parallel,
                  "--num-experts with --tensor-model-parallel-size > 1 needs --sequence-parallel")
-    _require(not (args.overlap_param_gather and not args.use_distributed_optimizer),
+    require(not (args.overlap_param_gather and not args.use_distributed_optimizer),
              "--overlap-param-gather needs --use-distributed-optimizer")
 
 
 def _validate_model_shape(args: argparse.Namespace) -> None:
     tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
     heads = args.num_attention_heads
-    _require(heads % tp == 0,
+    require(heads % tp == 0,
              f"--num-attention-heads {heads} is not divisible by --tensor-model-parallel-size {tp}")
-    _require(args.hidden_size % heads == 0 or args.kv_channels is not None,
+    require(args.hidden_size % heads == 0 or args.kv_channels is not None,
              f"--hidden-size {args.hidden_size} is not divisible by --num-attention-heads {heads}; "
              "set --kv-channels")
     if args.group_query_attention:
         groups = args.num_query_groups
-        _require(heads % groups == 0,
+        require(heads % groups == 0,
                  f"--num-attention-heads {heads} is not divisible by --num-query-groups {groups}")
-        _require(groups % tp == 0,
+        require(groups % tp == 0,
                  f"--num-query-groups {groups} is not divisible by --tensor-model-parallel-size {tp}")
     else:
         args.num_query_groups = heads
@@ -392,24 +340,24 @@ def _validate_model_shape(args: argparse.Namespace) -> None:
             args.ffn_hidden_size = 4 * args.hidden_size
     if args.max_position_embeddings is None:
         args.max_position_embeddings = args.seq_length
-    _require(args.position_embedding_type != "learned_absolute"
+    require(args.position_embedding_type != "learned_absolute"
              or args.max_position_embeddings >= args.seq_length,
              f"--seq-length {args.seq_length} exceeds --max-position-embeddings "
              f"{args.max_position_embeddings}")
     args.pipeline_layers = _pipeline_layers(args)
     if args.num_experts is not None:
         ep = args.expert_model_parallel_size
-        _require(args.num_experts % ep == 0,
+        require(args.num_experts % ep == 0,
                  f"--num-experts {args.num_experts} is not divisible by "
                  f"--expert-model-parallel-size {ep}")
-        _require(1 <= args.moe_router_topk <= args.num_experts,
+        require(1 <= args.moe_router_topk <= args.num_experts,
                  f"--moe-router-topk {args.moe_router_topk} must be in [1, --num-experts]")
         if args.moe_ffn_hidden_size is None:
             args.moe_ffn_hidden_size = args.ffn_hidden_size
-    _require(args.ffn_hidden_size % tp == 0,
+    require(args.ffn_hidden_size % tp == 0,
              f"--ffn-hidden-size {args.ffn_hidden_size} is not divisible by "
              f"--tensor-model-parallel-size {tp}")
-    _require(pp > 1 or args.num_layers_per_virtual_pipeline_stage is None,
+    require(pp > 1 or args.num_layers_per_virtual_pipeline_stage is None,
              "--num-layers-per-virtual-pipeline-stage needs --pipeline-model-parallel-size > 1")
 
 
@@ -418,24 +366,24 @@ def _pipeline_layers(args: argparse.Namespace) -> Optional[List[int]]:
     pp, layers = args.pipeline_model_parallel_size, args.num_layers
     vpp_layers = args.num_layers_per_virtual_pipeline_stage
     if args.num_layer_list is not None:
-        _require(vpp_layers is None,
+        require(vpp_layers is None,
                  "--num-layer-list cannot be combined with --num-layers-per-virtual-pipeline-stage")
         try:
             counts = [int(x) for x in args.num_layer_list.split(",")]
         except ValueError:
             raise ArgumentError(f"--num-layer-list must be comma-separated integers, "
                                 f"got {args.num_layer_list!r}") from None
-        _require(len(counts) == pp,
+        require(len(counts) == pp,
                  f"--num-layer-list has {len(counts)} entries but "
                  f"--pipeline-model-parallel-size is {pp}")
-        _require(all(c >= 1 for c in counts), "--num-layer-list entries must be >= 1")
-        _require(sum(counts) == layers,
+        require(all(c >= 1 for c in counts), "--num-layer-list entries must be >= 1")
+        require(sum(counts) == layers,
                  f"--num-layer-list sums to {sum(counts)}, not --num-layers {layers}")
         return counts
-    _require(layers % pp == 0,
+    require(layers % pp == 0,
              f"--num-layers {layers} is not divisible by --pipeline-model-parallel-size {pp}")
     if vpp_layers is not None:
-        _require(vpp_layers >= 1 and (layers // pp) % vpp_layers == 0,
+        require(vpp_layers >= 1 and (layers // pp) % vpp_layers == 0,
                  f"layers per pipeline stage ({layers // pp}) is not divisible by "
                  f"--num-layers-per-virtual-pipeline-stage {vpp_layers}")
         args.virtual_pipeline_model_parallel_size = layers // pp // vpp_layers
@@ -448,42 +396,42 @@ def _validate_batch(args: argparse.Namespace) -> None:
     if not hasattr(args, "virtual_pipeline_model_parallel_size"):
         args.virtual_pipeline_model_parallel_size = None
     dp, mbs = args.data_parallel_size, args.micro_batch_size
-    _require(mbs >= 1, f"--micro-batch-size must be >= 1, got {mbs}")
+    require(mbs >= 1, f"--micro-batch-size must be >= 1, got {mbs}")
     if args.global_batch_size is None:
         args.global_batch_size = mbs * dp
     gbs = args.global_batch_size
-    _require(gbs % (mbs * dp) == 0,
+    require(gbs % (mbs * dp) == 0,
              f"--global-batch-size {gbs} is not divisible by --micro-batch-size {mbs} x "
              f"data-parallel size {dp}")
     args.num_microbatches = gbs // (mbs * dp)
     vpp = args.virtual_pipeline_model_parallel_size
     pp = args.pipeline_model_parallel_size
     if vpp is not None:
-        _require(args.num_microbatches % pp == 0,
+        require(args.num_microbatches % pp == 0,
                  f"interleaved pipeline needs the number of micro-batches ({args.num_microbatches}) "
                  f"to be a multiple of --pipeline-model-parallel-size {pp}")
 
 
 def _validate_training(args: argparse.Namespace) -> None:
-    _require(not (args.fp16 and args.bf16), "--fp16 and --bf16 are mutually exclusive")
-    _require(args.train_iters >= 0, f"--train-iters must be >= 0, got {args.train_iters}")
+    require(not (args.fp16 and args.bf16), "--fp16 and --bf16 are mutually exclusive")
+    require(args.train_iters >= 0, f"--train-iters must be >= 0, got {args.train_iters}")
     if args.recompute_granularity == "full":
-        _require(args.recompute_method is not None,
+        require(args.recompute_method is not None,
                  "--recompute-granularity full needs --recompute-method uniform|block")
         if args.recompute_num_layers is None:
             args.recompute_num_layers = 1
     if args.recompute_method is not None:
-        _require(args.recompute_granularity == "full",
+        require(args.recompute_granularity == "full",
                  "--recompute-method needs --recompute-granularity full")
     if args.data_path is None and not args.mock_data:
         raise ArgumentError("no training data: pass --data-path PREFIX [...] or --mock-data")
     if args.data_path is not None and args.mock_data:
         raise ArgumentError("--data-path and --mock-data are mutually exclusive")
     if args.save_interval is not None:
-        _require(args.save is not None, "--save-interval needs --save DIR")
+        require(args.save is not None, "--save-interval needs --save DIR")
     if args.lr_decay_iters is None:
         args.lr_decay_iters = args.train_iters
-    _require(args.lr_warmup_fraction is None or args.lr_warmup_iters == 0,
+    require(args.lr_warmup_fraction is None or args.lr_warmup_iters == 0,
              "--lr-warmup-fraction and --lr-warmup-iters are mutually exclusive")
     if args.start_weight_decay is None:
         args.start_weight_decay = args.weight_decay
@@ -493,94 +441,55 @@ def _validate_training(args: argparse.Namespace) -> None:
 
 def _validate_fused_ops(args: argparse.Namespace) -> None:
     """Fused-operator, attention-mask, RoPE-scaling and recompute flags (ModelLink's rules)."""
-    _require(not args.use_mc2 or args.sequence_parallel,
+    require(not args.use_mc2 or args.sequence_parallel,
              "--use-mc2 needs --tensor-model-parallel-size > 1 and --sequence-parallel")
-    _require(args.next_tockens == 0, f"--next-tockens {args.next_tockens}: attention is causal, "
+    require(args.next_tockens == 0, f"--next-tockens {args.next_tockens}: attention is causal, "
                                      "so no key after the query may be attended; use 0")
-    _require(args.pre_tockens >= 0, f"--pre-tockens must be >= 0, got {args.pre_tockens}")
+    require(args.pre_tockens >= 0, f"--pre-tockens must be >= 0, got {args.pre_tockens}")
     if args.sliding_window is not None:
-        _require(args.sliding_window >= 1,
+        require(args.sliding_window >= 1,
                  f"--sliding-window must be >= 1, got {args.sliding_window}")
-        _require(args.sparse_mode in (0, 4), f"--sliding-window needs --sparse-mode 0 or 4 (mode "
+        require(args.sparse_mode in (0, 4), f"--sliding-window needs --sparse-mode 0 or 4 (mode "
                                              f"{args.sparse_mode} ignores the window on NPU)")
     _validate_rotary(args)
     if args.use_rope_scaling and args.rope_scaling_type is None:
         args.rope_scaling_type = "llama3"
     if args.rope_scaling_type is not None:
-        _require(args.position_embedding_type == "rope",
+        require(args.position_embedding_type == "rope",
                  "--rope-scaling-type needs --position-embedding-type rope")
         llama3 = args.rope_scaling_type == "llama3"
         if args.rope_scaling_factor is None:
             args.rope_scaling_factor = 8.0 if llama3 else 1.0
         if args.original_max_position_embeddings is None:
-            _require(llama3, "--rope-scaling-type yarn needs --original-max-position-embeddings")
+            require(llama3, "--rope-scaling-type yarn needs --original-max-position-embeddings")
             args.original_max_position_embeddings = 8192
         args.low_freq_factor = 1.0 if args.low_freq_factor is None else args.low_freq_factor
         args.high_freq_factor = 4.0 if args.high_freq_factor is None else args.high_freq_factor
-        _require(args.high_freq_factor > args.low_freq_factor,
+        require(args.high_freq_factor > args.low_freq_factor,
                  "--high-freq-factor must be greater than --low-freq-factor")
     if args.recompute_modules is not None:
-        _require(args.recompute_granularity == "selective",
+        require(args.recompute_granularity == "selective",
                  "--recompute-modules needs --recompute-granularity selective")
     if args.recompute_activation_function:
-        _require(args.recompute_method != "uniform" and args.recompute_granularity != "selective",
+        require(args.recompute_method != "uniform" and args.recompute_granularity != "selective",
                  "--recompute-activation-function cannot be combined with uniform or selective "
                  "recompute (use --recompute-method block for the layers it leaves out)")
-        _require(args.num_experts is None, "--recompute-activation-function applies to dense "
+        require(args.num_experts is None, "--recompute-activation-function applies to dense "
                                            "MLPs; with --num-experts use --recompute-granularity "
                                            "selective --recompute-modules moe_act")
 
 
 def _validate_rotary(args: argparse.Namespace) -> None:
-    _require(0 < args.rotary_percent <= 1,
+    require(0 < args.rotary_percent <= 1,
              f"--rotary-percent must be in (0, 1], got {args.rotary_percent}")
     head_dim = args.kv_channels or args.hidden_size // args.num_attention_heads
     rotated = head_dim * args.rotary_percent
-    _require(rotated == int(rotated) and int(rotated) % 2 == 0,
+    require(rotated == int(rotated) and int(rotated) % 2 == 0,
              f"--rotary-percent {args.rotary_percent} of {head_dim} channels per head is "
              f"{rotated:g}; RoPE needs an even whole number of channels")
     if args.rotary_interleaved:
-        _require(args.position_embedding_type == "rope",
+        require(args.position_embedding_type == "rope",
                  "--rotary-interleaved needs --position-embedding-type rope")
         # The fused paths (npu_rotary_mul, flash-attn, _RotaryMul) rotate halves only.
-        _require(not args.use_fused_rotary_pos_emb,
+        require(not args.use_fused_rotary_pos_emb,
                  "--rotary-interleaved cannot be combined with --use-fused-rotary-pos-emb")
-
-
-def _validate_resilience(args: argparse.Namespace) -> None:
-    if args.enable_optimizer_state_local_copy:
-        dp = args.data_parallel_size
-        _require(args.enable_high_availability,
-                 "--enable-optimizer-state-local-copy needs --enable-high-availability")
-        _require(args.use_distributed_optimizer,
-                 "--enable-optimizer-state-local-copy needs --use-distributed-optimizer")
-        _require(dp >= 2 and dp % 2 == 0,
-                 f"--enable-optimizer-state-local-copy needs an even data-parallel size >= 2, "
-                 f"got {dp}")
-        _require(args.expert_model_parallel_size == 1,
-                 "--enable-optimizer-state-local-copy does not support "
-                 "--expert-model-parallel-size > 1 yet")
-    _require(args.exit_duration_in_mins is None or args.exit_duration_in_mins > 0,
-             f"--exit-duration-in-mins must be > 0, got {args.exit_duration_in_mins}")
-    if args.keep_last_n_checkpoints is not None:
-        _require(args.keep_last_n_checkpoints >= 1,
-                 f"--keep-last-n-checkpoints must be >= 1, got {args.keep_last_n_checkpoints}")
-        _require(args.save is not None, "--keep-last-n-checkpoints needs --save DIR")
-    if args.profile:
-        _require(0 <= args.profile_step_start < args.profile_step_end,
-                 f"--profile-step-start {args.profile_step_start} must be >= 0 and below "
-                 f"--profile-step-end {args.profile_step_end}")
-    _require(args.tensorboard_log_interval >= 1,
-             f"--tensorboard-log-interval must be >= 1, got {args.tensorboard_log_interval}")
-    if args.log_timers_to_tensorboard:
-        _require(args.tensorboard_dir is not None,
-                 "--log-timers-to-tensorboard needs --tensorboard-dir")
-    if args.wandb_project:
-        _require(args.wandb_exp_name != "", "--wandb-project needs --wandb-exp-name")
-    # The monitor packages are optional; a flag that needs a missing one fails here, on every
-    # rank alike, instead of on the one rank that writes.
-    for flag, value, package in (("--tensorboard-dir", args.tensorboard_dir, "tensorboard"),
-                                 ("--wandb-project", args.wandb_project, "wandb")):
-        _require(not value or importlib.util.find_spec(package) is not None,
-                 f"{flag} needs the {package} package, which is not installed "
-                 f"(pip install {package})")

@@ -1,5 +1,4 @@
 """Checkpoints: resume is bit-exact, saves are atomic, bad checkpoints fail clearly."""
-import json
 import os
 
 import pytest

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from modellink.argument_errors import require
+
 # Feature flags as args attributes: the on/off ones, and those that take a value (None: off).
 SWITCHES = ("geglu", "gelu_tanh", "openai_gelu", "add_rmsnorm_offset", "input_embeds_norm",
             "embed_layernorm", "post_norm")
@@ -41,12 +43,6 @@ def add_model_feature_arguments(parser: argparse.ArgumentParser) -> None:
 
 def validate_model_features(args: argparse.Namespace) -> None:
     """Runs before the fused-operator checks, which then see the window it sets."""
-    from modellink.arguments import ArgumentError
-
-    def require(condition: bool, message: str) -> None:
-        if not condition:
-            raise ArgumentError(message)
-
     require(not (args.swiglu and (args.geglu or args.gelu_tanh or args.openai_gelu)),
             "--swiglu cannot be combined with --geglu, --gelu-tanh or --openai-gelu")
     require(not (args.openai_gelu and (args.geglu or args.gelu_tanh)),

@@ -84,7 +84,7 @@ def _unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
     return chunk.module if hasattr(chunk, "module") else chunk
 
 
-def _rng_state() -> Dict[str, Any]:
+def rng_state() -> Dict[str, Any]:
     return {
         "random_rng_state": random.getstate(),
         "np_rng_state": numpy.random.get_state(),
@@ -94,7 +94,7 @@ def _rng_state() -> Dict[str, Any]:
     }
 
 
-def _set_rng_state(state: Dict[str, Any]) -> None:
+def set_rng_state(state: Dict[str, Any]) -> None:
     random.setstate(state["random_rng_state"])
     numpy.random.set_state(state["np_rng_state"])
     torch.set_rng_state(state["torch_rng_state"])
@@ -103,7 +103,7 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
     tensor_parallel.get_cuda_rng_tracker().set_states(state["rng_tracker_states"])
 
 
-def _save_file(obj: Any, path: str) -> None:
+def save_file(obj: Any, path: str) -> None:
     torch.save(obj, path)
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
@@ -140,7 +140,7 @@ def save_checkpoint(args: argparse.Namespace, iteration: int, model: List[torch.
         state = model_file_state(args, iteration, model, optimizer if save_optim else None,
                                  scheduler, consumed_train_samples, consumed_valid_samples,
                                  dying_gasp)
-        _save_file(state, os.path.join(rank_dir, MODEL_FILENAME))
+        save_file(state, os.path.join(rank_dir, MODEL_FILENAME))
     torch.distributed.barrier()
     if rank0:
         publish_checkpoint(args, tmp_dir, final_dir, iteration)
@@ -167,7 +167,7 @@ def model_file_state(args: argparse.Namespace, iteration: int, model: List[torch
     if scheduler is not None:
         state["opt_param_scheduler"] = scheduler.state_dict()
     if not args.no_save_rng:
-        state["rng_state"] = [_rng_state()]
+        state["rng_state"] = [rng_state()]
     return state
 
 
@@ -363,7 +363,7 @@ def _load_checkpoint(args: argparse.Namespace, model: List[torch.nn.Module], opt
     if not args.no_load_rng:
         if "rng_state" not in state:
             raise CheckpointError(f"{rank_dir} holds no RNG state; pass --no-load-rng")
-        _set_rng_state(state["rng_state"][0])
+        set_rng_state(state["rng_state"][0])
     saved = state["args"]
     dying_gasp = state.get("dying_gasp")
     if dying_gasp and torch.distributed.get_rank() == 0:

@@ -31,13 +31,13 @@ from modellink.training.checkpoint_retention import remove_partial_saves
 from modellink.training.checkpointing import (
     MODEL_FILENAME,
     OPTIMIZER_FILENAME,
-    _rng_state,
-    _save_file,
-    _set_rng_state,
     iteration_dir,
     model_file_state,
     publish_checkpoint,
     rank_dirname,
+    rng_state,
+    save_file,
+    set_rng_state,
 )
 from modellink.training.replica import optimizer_files
 
@@ -87,7 +87,7 @@ def save_checkpoint_alone(args: argparse.Namespace, iteration: int,
     state = model_file_state(args, iteration, model, optimizer if save_optim else None,
                              scheduler, consumed_train_samples, consumed_valid_samples,
                              dying_gasp)
-    _save_file(state, os.path.join(rank_dir, MODEL_FILENAME))
+    save_file(state, os.path.join(rank_dir, MODEL_FILENAME))
     publish_checkpoint(args, tmp_dir, final_dir, iteration)
     return final_dir
 
@@ -106,7 +106,7 @@ class DyingGasp:
 
     def before_step(self) -> None:
         if self.active:
-            self._rng = _rng_state()
+            self._rng = rng_state()
             self._step_start = time.perf_counter()
 
     def after_step(self) -> None:
@@ -132,7 +132,7 @@ class DyingGasp:
         except Exception as store_error:  # the store itself is gone: no way to agree
             _log(f"no dying-gasp checkpoint: cannot reach the job's store ({store_error})")
             return
-        _set_rng_state(self._rng)
+        set_rng_state(self._rng)
         if everyone:
             save(reason)
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from modellink.argument_errors import ArgumentError
 from modellink.data.templates import get_template
 
 
@@ -25,8 +26,6 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def validate_finetune_args(args: argparse.Namespace) -> None:
-    from modellink.arguments import ArgumentError
-
     if args.prompt_type is not None:
         try:
             get_template(args.prompt_type)

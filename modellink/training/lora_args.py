@@ -6,6 +6,8 @@ import argparse
 import os
 from typing import List
 
+from modellink.argument_errors import ArgumentError
+
 LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
 # Megatron-LM's legacy module names, which older ModelLink scripts pass.
 LEGACY_TARGETS = {"query_key_value": "linear_qkv", "dense": "linear_proj",
@@ -30,8 +32,6 @@ def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
 
 def canonical_targets(names: List[str]) -> List[str]:
     """megatron-core names, legacy ones translated, each once; unknown names are an error."""
-    from modellink.arguments import ArgumentError
-
     targets = []
     for name in names:
         target = LEGACY_TARGETS.get(name, name)
@@ -44,7 +44,6 @@ def canonical_targets(names: List[str]) -> List[str]:
 
 
 def _check_lora_load(path: str) -> None:
-    from modellink.arguments import ArgumentError
     from modellink.training.checkpointing import TRACKER_FILENAME
 
     if not os.path.isdir(path):
@@ -56,8 +55,6 @@ def _check_lora_load(path: str) -> None:
 
 
 def validate_lora_args(args: argparse.Namespace) -> None:
-    from modellink.arguments import ArgumentError
-
     if not args.lora_target_modules:
         for flag, value in (("--lora-r", args.lora_r), ("--lora-alpha", args.lora_alpha),
                             ("--lora-load", args.lora_load),
