@@ -15,5 +15,11 @@ setup(
     packages=find_packages(include=["modellink", "modellink.*"]),
     python_requires=">=3.9",
     install_requires=requirements,
-    extras_require={"npu": ["torch_npu"], "test": ["pytest"]},
+    extras_require={
+        "npu": ["torch_npu"],
+        "monitor": ["tensorboard"],
+        "lm_eval": ["lm_eval>=0.4,<0.5"],
+        # The optional integrations are installed for the tests so that they run, not skip.
+        "test": ["pytest", "tensorboard", "lm_eval>=0.4,<0.5", "pyarrow"],
+    },
 )
