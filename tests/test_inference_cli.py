@@ -79,3 +79,39 @@ def test_fused_operators_keep_kv_cache_generation_exact(tiny):
         for prompt in PROMPTS[:2]:
             assert generate(model, prompt, max_new_tokens=12)[0].token_ids == \
                 hf_generate(hf, prompt, max_new_tokens=12)
+
+
+def test_decoding_fast_path_is_taken_and_matches_megatron_core_forward(tiny, monkeypatch):
+    """The short layer/attention forwards of a KV-cache step run (megatron-core's are never
+    entered) and give the logits megatron-core's own forwards give, bit for bit."""
+    import torch
+    from megatron.core.transformer.attention import SelfAttention
+    from megatron.core.transformer.transformer_layer import TransformerLayer
+
+    from modellink.models.decoding_layer import DecodingTransformerLayer
+    from modellink.ops.rotary_attention import RotarySelfAttention
+    _, argv, _ = tiny
+    fused = ["--use-flash-attn", "--use-fused-rotary-pos-emb", "--use-fused-rmsnorm",
+             "--use-fused-swiglu"]
+    entered = []
+    for cls, name in ((TransformerLayer, "_forward_attention"), (SelfAttention, "forward")):
+        original = getattr(cls, name)
+        monkeypatch.setattr(cls, name, lambda self, *a, _o=original, _n=name, **k:
+                            entered.append(_n) or _o(self, *a, **k))
+
+    def steps(model):
+        cache = model.new_cache(1, 16)
+        logits = [model.logits(torch.tensor([PROMPTS[0]]), cache)]
+        for token in (7, 9, 11):
+            logits.append(model.logits(torch.tensor([[token]]), cache))
+        return logits
+
+    with loaded(argv + fused) as model:
+        fast = steps(model)
+        assert entered == []
+        monkeypatch.setattr(DecodingTransformerLayer, "_decoding", lambda *a: False)
+        monkeypatch.setattr(RotarySelfAttention, "_plain_decoding", lambda *a: False)
+        reference = steps(model)
+        assert "_forward_attention" in entered and "forward" in entered
+    for ours, theirs in zip(fast, reference):
+        assert torch.equal(ours, theirs)

@@ -21,11 +21,9 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.mlp import MLP, MLPSubmodules
 from megatron.core.transformer.spec_utils import ModuleSpec
-from megatron.core.transformer.transformer_layer import (
-    TransformerLayer,
-    TransformerLayerSubmodules,
-)
+from megatron.core.transformer.transformer_layer import TransformerLayerSubmodules
 
+from modellink.models.decoding_layer import DecodingTransformerLayer
 from modellink.models.sandwich_layer import SandwichLayerSubmodules, SandwichNormLayer
 from modellink.ops.activations import mlp_activation
 from modellink.ops.attention import (
@@ -155,7 +153,8 @@ def decoder_layer_spec(args: argparse.Namespace) -> ModuleSpec:
     if args.post_norm:
         return ModuleSpec(module=SandwichNormLayer, submodules=SandwichLayerSubmodules(
             **submodules, post_attn_norm=norm, post_mlp_layernorm=norm))
-    return ModuleSpec(module=TransformerLayer, submodules=TransformerLayerSubmodules(**submodules))
+    return ModuleSpec(module=DecodingTransformerLayer,
+                      submodules=TransformerLayerSubmodules(**submodules))
 
 
 def _swiglu_path(args: argparse.Namespace, ops: OperatorChoices, device: str) -> str:

@@ -4,7 +4,8 @@ and the MLP output are each normalised before they join the residual stream.
 megatron-core's TransformerLayer has no slot for these; the subclass builds them as submodules
 (`post_attn_norm`, `post_mlp_layernorm`, ModelLink's names) and wraps the layer's
 bias-dropout-add steps so each norm runs on its branch's output first. The layer's forward,
-recompute and sharded_state_dict stay megatron-core's.
+recompute and sharded_state_dict stay megatron-core's (plus DecodingTransformerLayer's short
+forward for KV-cache decoding, which calls the same wrapped bias-dropout-add steps).
 """
 from __future__ import annotations
 
@@ -15,10 +16,9 @@ import torch
 from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
-from megatron.core.transformer.transformer_layer import (
-    TransformerLayer,
-    TransformerLayerSubmodules,
-)
+from megatron.core.transformer.transformer_layer import TransformerLayerSubmodules
+
+from modellink.models.decoding_layer import DecodingTransformerLayer
 
 BiasDropoutAdd = Callable[[bool, bool], Callable[..., torch.Tensor]]
 
@@ -44,7 +44,7 @@ def _norm_first(bda: BiasDropoutAdd, norm: torch.nn.Module) -> BiasDropoutAdd:
     return get
 
 
-class SandwichNormLayer(TransformerLayer):
+class SandwichNormLayer(DecodingTransformerLayer):
     def __init__(self, config: TransformerConfig, submodules: SandwichLayerSubmodules,
                  **kwargs: Any) -> None:
         super().__init__(config, submodules, **kwargs)

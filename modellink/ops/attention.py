@@ -79,9 +79,10 @@ def attention_window(sliding_window: Optional[int], sparse_mode: int, pre_tokens
 
 def visible_mask(sq: int, skv: int, window: Optional[int], attention_mask: Optional[torch.Tensor],
                  device: torch.device) -> Optional[torch.Tensor]:
-    """Bool [.., sq, skv], True where the query may attend; None for plain causal attention over
-    equal lengths. Queries are the last sq positions (a decode step sees every cached key)."""
-    if window is None and attention_mask is None and sq == skv:
+    """Bool [.., sq, skv], True where the query may attend; None for causal attention with the
+    queries as the last sq positions and no other limit (equal lengths, or a one-token decode
+    step, which sees every cached key)."""
+    if window is None and attention_mask is None and (sq == skv or sq == 1):
         return None
     rows = torch.arange(sq, device=device)[:, None] + (skv - sq)
     cols = torch.arange(skv, device=device)[None, :]
@@ -132,7 +133,8 @@ def sdpa_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
             visible = torch.ones(sq, skv, dtype=torch.bool, device=query.device).tril(skv - sq)
         mask = torch.where(visible, bias, -math.inf).to(q.dtype)
     out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout_p, scale=scale,
+        # torch's is_causal aligns the queries with the first keys: wrong for sq < skv.
+        q, k, v, attn_mask=mask, is_causal=mask is None and sq > 1, dropout_p=dropout_p, scale=scale,
         enable_gqa=k.shape[1] != q.shape[1])
     return out.permute(2, 0, 1, 3).reshape(sq, b, -1)
 

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from modellink.ops.grad_mode import records_grad
+
 NormFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 
@@ -58,6 +60,12 @@ class _RMSNormFunction(torch.autograd.Function):
 
 
 def rms_norm_cpu(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    if not records_grad(x, weight):
+        if x.dtype == torch.float32 == weight.dtype:
+            # One kernel, bit-identical to the reference in fp32 (checked over hidden sizes
+            # 16..14336); in half precision it rounds differently, so the reference runs.
+            return F.rms_norm(x, (x.shape[-1],), weight, eps)
+        return rms_norm_reference(x, weight, eps)  # the Function's forward, without its node
     return _RMSNormFunction.apply(x, weight, eps)
 
 

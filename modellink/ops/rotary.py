@@ -17,6 +17,8 @@ from typing import Callable, Tuple
 import torch
 from megatron.core.models.common.embeddings.rope_utils import _apply_rotary_pos_emb_bshd
 
+from modellink.ops.grad_mode import records_grad
+
 RotaryFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 
@@ -31,10 +33,19 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-second, first), dim=-1)
 
 
+def rotate(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return t * cos + rotate_half(t) * sin
+
+
 def cos_sin(freqs: torch.Tensor, mscale: float, dtype: torch.dtype
             ) -> Tuple[torch.Tensor, torch.Tensor]:
-    # Same rounding as megatron-core: scale in fp32, then cast to the activation dtype.
-    return (torch.cos(freqs) * mscale).to(dtype), (torch.sin(freqs) * mscale).to(dtype)
+    # Same rounding as megatron-core: scale in fp32, then cast to the activation dtype. The
+    # no-op scale and cast are skipped: per-op overhead dominates a one-token decoding step.
+    def table(values: torch.Tensor) -> torch.Tensor:
+        values = values * mscale if mscale != 1.0 else values
+        return values if values.dtype == dtype else values.to(dtype)
+
+    return table(torch.cos(freqs)), table(torch.sin(freqs))
 
 
 def _split_rotary(t: torch.Tensor, freqs: torch.Tensor, rotate: Callable[[torch.Tensor],
@@ -58,7 +69,7 @@ class _RotaryMul(torch.autograd.Function):
     def forward(ctx: object, t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
                 ) -> torch.Tensor:
         ctx.save_for_backward(cos, sin)
-        return t * cos + rotate_half(t) * sin
+        return rotate(t, cos, sin)
 
     @staticmethod
     def backward(ctx: object, grad: torch.Tensor):
@@ -68,6 +79,8 @@ class _RotaryMul(torch.autograd.Function):
 
 def rotary_autograd(t: torch.Tensor, freqs: torch.Tensor, mscale: float) -> torch.Tensor:
     cos, sin = cos_sin(freqs, mscale, t.dtype)
+    if not records_grad(t):
+        return _split_rotary(t, freqs, lambda x: rotate(x, cos, sin))
     return _split_rotary(t, freqs, lambda x: _RotaryMul.apply(x, cos, sin))
 
 

@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from modellink.ops.grad_mode import records_grad
+
 ActivationFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -49,7 +51,7 @@ class _SwiGLUFunction(torch.autograd.Function):
 
 
 def swiglu_cpu(x: torch.Tensor) -> torch.Tensor:
-    return _SwiGLUFunction.apply(x)
+    return _SwiGLUFunction.apply(x) if records_grad(x) else swiglu_reference(x)
 
 
 def swiglu_cuda(x: torch.Tensor) -> torch.Tensor:
