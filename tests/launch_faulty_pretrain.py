@@ -10,21 +10,24 @@ import launch_pretrain
 from modellink.errors import run_cli
 from modellink.training import loop
 
-_ITERATION, _RANKS = os.environ["MODELLINK_TEST_FAIL"].split(":")
-_original_forward_step = loop.forward_step
-_calls = [0]
 
+def inject_failure(spec: str) -> None:
+    """From now on, `loop.forward_step` raises as MODELLINK_TEST_FAIL `spec` says."""
+    iteration, ranks = spec.split(":")
+    original_forward_step = loop.forward_step
+    calls = [0]
 
-def _failing_forward_step(data_iterator, model, *args, **kwargs):
-    _calls[0] += 1
-    per_step = loop.get_num_microbatches()
-    rank = torch.distributed.get_rank()
-    if _calls[0] == (int(_ITERATION) - 1) * per_step + 2 and str(rank) in _RANKS.split(","):
-        raise ValueError(f"injected data error on rank {rank}")
-    return _original_forward_step(data_iterator, model, *args, **kwargs)
+    def failing_forward_step(data_iterator, model, *args, **kwargs):
+        calls[0] += 1
+        per_step = loop.get_num_microbatches()
+        rank = torch.distributed.get_rank()
+        if calls[0] == (int(iteration) - 1) * per_step + 2 and str(rank) in ranks.split(","):
+            raise ValueError(f"injected data error on rank {rank}")
+        return original_forward_step(data_iterator, model, *args, **kwargs)
 
+    loop.forward_step = failing_forward_step
 
-loop.forward_step = _failing_forward_step
 
 if __name__ == "__main__":
+    inject_failure(os.environ["MODELLINK_TEST_FAIL"])
     sys.exit(run_cli(launch_pretrain.main))

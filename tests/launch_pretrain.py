@@ -5,14 +5,16 @@ The last rank holds the loss (last pipeline stage); it writes MODELLINK_TEST_HIS
 import json
 import os
 import sys
+from typing import List, Optional
 
 from modellink.errors import run_cli
 from modellink.training.pretrain import pretrain
 
 
-def main() -> None:
-    state = pretrain(sys.argv[1:])
-    out = os.environ.get("MODELLINK_TEST_HISTORY")
+def main(argv: Optional[List[str]] = None, out: Optional[str] = None) -> None:
+    """`argv` and `out` default to the command line and MODELLINK_TEST_HISTORY."""
+    state = pretrain(sys.argv[1:] if argv is None else argv)
+    out = out or os.environ.get("MODELLINK_TEST_HISTORY")
     if out and int(os.environ.get("RANK", "0")) == int(os.environ.get("WORLD_SIZE", "1")) - 1:
         with open(out, "w") as handle:
             json.dump({"loss": [r.loss for r in state.history],

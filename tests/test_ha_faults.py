@@ -1,7 +1,9 @@
-"""Fault injection on DP=2 CPU runs: the restarted job's losses equal the uninterrupted run's.
+"""Fault injection on CPU runs: the restarted job's losses equal the uninterrupted run's.
 
-Faults: SIGTERM (dying-gasp checkpoint), SIGKILL of one rank (torchrun restarts the job), a
-crash in the middle of a checkpoint write, and a corrupt latest checkpoint.
+Faults at DP=2: SIGTERM (dying-gasp checkpoint), SIGKILL of one rank (torchrun restarts the
+job), a crash in the middle of a checkpoint write, and a corrupt latest checkpoint. On four
+ranks (DP=4, PP=2 x DP=2): an exception on one rank, whose dying gasp every rank writes in
+parts.
 """
 import json
 import os
@@ -156,3 +158,66 @@ def test_corrupt_latest_falls_back_to_previous(straight, tmp_path):
     assert "checkpoint at iteration 6 is unreadable" in result.stderr
     assert "resuming from the older checkpoint at iteration 4" in result.stderr
     assert _assert_resumed_equal(json.loads(out.read_text()), straight) == 4
+
+
+# Four ranks, each with two micro-batches per step, so that the injected error (second
+# micro-batch) falls in the step it names while the other ranks are mid-step.
+PARTS = list(TINY_LLAMA)
+PARTS[PARTS.index("--micro-batch-size") + 1] = "1"
+PARTS += ["--use-distributed-optimizer", "--enable-high-availability", "--train-iters", "3"]
+# A layout and the one rank (not rank 0) that fails in iteration 2: DP=4, whose peers block
+# in the gradient reduce-scatter; PP=2 x DP=2, a first stage, whose next stage blocks in a
+# receive and whose data-parallel peers in the reduce-scatter.
+LAYOUTS = [("dp4", [], "2"), ("pp2_dp2", ["--pipeline-model-parallel-size", "2"], "1")]
+
+
+def _run_in_one_job(runs: list, nproc: int) -> subprocess.CompletedProcess:
+    """tests/launch_pretrain_runs.py under torchrun: `runs` one after the other."""
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}", OMP_NUM_THREADS="1",
+               MODELLINK_CPU_THREADS="1", PYTHONWARNINGS="ignore",
+               MODELLINK_TEST_RUNS=json.dumps(runs))
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
+           f"--master-port={_free_port()}", str(ROOT / "tests" / "launch_pretrain_runs.py")]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_exception_on_one_rank_saves_from_every_rank(tmp_path):
+    """One rank raises in iteration 2, the others are blocked in a collective with it and
+    no rank holds the whole state: every rank writes its part of the iteration-1 dying
+    gasp. The restarted job resumes from it with the losses and grad norms of an
+    uninterrupted run, whose ordinary save at iteration 1 wrote the same optimizer bytes.
+    Three jobs for both layouts (each process start costs more than the runs): fail A;
+    resume A, run A straight, fail B; resume B, run B straight."""
+    jobs: list = [[]]
+    for name, layout, failing in LAYOUTS:
+        faulty = PARTS + layout + ["--save", str(tmp_path / name), "--load", str(tmp_path / name)]
+        straight = PARTS + layout + ["--save", str(tmp_path / f"{name}_straight"),
+                                     "--save-interval", "1"]
+        jobs[-1].append({"args": faulty, "fail": f"2:{failing}"})
+        jobs.append([{"args": faulty, "history": str(tmp_path / f"{name}_resumed.json")},
+                     {"args": straight, "history": str(tmp_path / f"{name}_straight.json")}])
+    log = ""
+    for runs in jobs:
+        result = _run_in_one_job(runs, nproc=4)
+        log += result.stdout + result.stderr
+        failed = runs[-1].get("fail") is not None
+        assert (result.returncode != 0) == failed, log[-6000:]
+    assert log.count("saved dying-gasp checkpoint (exception: ValueError) at iteration"
+                     "       1") == len(LAYOUTS), log[-6000:]
+    assert log.count("from the parts of ranks [0, 1, 2, 3]") == len(LAYOUTS)
+    assert log.count("resuming from a dying-gasp checkpoint at iteration 1") == len(LAYOUTS)
+    for name, _, _ in LAYOUTS:
+        saved = tmp_path / name / "iter_0000001"
+        reference = tmp_path / f"{name}_straight" / "iter_0000001"
+        rank_dirs = sorted(os.listdir(reference))
+        assert sorted(os.listdir(saved)) == rank_dirs
+        for rank_dir in rank_dirs:
+            state = torch.load(saved / rank_dir / "model_optim_rng.pt", weights_only=False)
+            assert state["dying_gasp"] == "exception: ValueError"
+            assert ((saved / rank_dir / "distrib_optim.pt").read_bytes()
+                    == (reference / rank_dir / "distrib_optim.pt").read_bytes())
+        resumed = json.loads((tmp_path / f"{name}_resumed.json").read_text())
+        straight = json.loads((tmp_path / f"{name}_straight.json").read_text())
+        assert resumed["iteration"] == [2, 3]
+        assert resumed["loss"] == straight["loss"][1:]
+        assert resumed["grad_norm"] == straight["grad_norm"][1:]

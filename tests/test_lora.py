@@ -1,6 +1,7 @@
-"""LoRA: TP/SP layouts train the same adapters, only adapters train and are saved, a run
-resumes from them exactly, and convert_ckpt --lora-load merges them into a plain model that
-transformers runs with the LoRA model's logits."""
+"""LoRA: TP/SP and PP/DP layouts train the same adapters, only adapters train and are saved,
+a run resumes from them exactly, convert_ckpt --lora-load merges them into a plain model that
+transformers runs with the LoRA model's logits, and inference.py --lora-load generates as the
+merged model does."""
 import shutil
 
 import pytest
@@ -9,7 +10,9 @@ import transformers
 
 from conftest import train_history
 from modellink.arguments import ArgumentError, parse_args
+from modellink.errors import run_cli
 from test_convert_families import TOKENS, convert, dump_logits, save_tiny_hf
+from test_inference_generate import loaded, single_process_env
 
 LORA = ["--lora-target-modules", "linear_qkv", "linear_proj", "linear_fc1", "linear_fc2",
         "--lora-r", "4", "--lora-alpha", "8"]
@@ -18,6 +21,9 @@ TRAIN = ["--seq-length", "32", "--mock-data", "--vocab-size", "250", "--micro-ba
          "--clip-grad", "1.0", "--seed", "1234", "--device", "cpu", "--log-interval", "1",
          "--eval-iters", "0", "--train-iters", "4"]
 TP2_SP = ["--tensor-model-parallel-size", "2", "--sequence-parallel"]
+# World 4 = PP 2 x DP 2, with the example scripts' sharded optimizer and overlapped reduce.
+PP2_DP2 = ["--pipeline-model-parallel-size", "2", "--use-distributed-optimizer",
+           "--overlap-grad-reduce"]
 # Per layer: qkv A 4x64 + B 128x4, proj 4x64 + 64x4, fc1 (SwiGLU) 4x64 + 256x4, fc2 4x128 + 64x4.
 ADAPTER_PARAMS = 4 * (256 + 512 + 256 + 256 + 256 + 1024 + 512 + 256)
 
@@ -38,8 +44,9 @@ def runs(tmp_path_factory):
                           str(root / "hf"), "--save-dir", str(root / f"base{tp}"),
                           "--target-tensor-parallel-size", str(tp))
         model = _model_flags(printed)
-    reference = train_history(root, model + TRAIN + LORA + ["--load", str(root / "base1")],
-                              nproc=1, name="reference")
+    reference = train_history(root, model + TRAIN + LORA + [
+        "--load", str(root / "base1"), "--save", str(root / "adapters1"), "--save-interval", "4"],
+        nproc=1, name="reference")
     lora_tp2 = model + TRAIN + LORA + TP2_SP + ["--load", str(root / "base2")]
     sp = train_history(root, lora_tp2 + ["--save", str(root / "adapters"), "--save-interval",
                                          "2"], nproc=2, name="tp2_sp")
@@ -55,7 +62,18 @@ def runs(tmp_path_factory):
     dump_logits([{"argv": inference + LORA + ["--lora-load", str(root / "adapters")],
                   "tokens": TOKENS, "out": str(root / "lora.pt")},
                  {"argv": inference, "tokens": TOKENS, "out": str(root / "base.pt")}], 2, root)
-    return {"root": root, "hf": hf, "reference": reference, "sp": sp, "resumed": resumed}
+    return {"root": root, "hf": hf, "model": model, "reference": reference, "sp": sp,
+            "resumed": resumed}
+
+
+@pytest.fixture(scope="module")
+def pipeline_data_parallel(runs):
+    root = runs["root"]
+    convert("--load-model-type", "hf", "--save-model-type", "mg", "--load-dir", str(root / "hf"),
+            "--save-dir", str(root / "base_pp2"), "--target-pipeline-parallel-size", "2")
+    return train_history(root, runs["model"] + TRAIN + LORA + PP2_DP2 + [
+        "--load", str(root / "base_pp2"), "--save", str(root / "adapters_pp2"),
+        "--save-interval", "4"], nproc=4, name="pp2_dp2")
 
 
 def test_tensor_and_sequence_parallel_match_single_process(runs):
@@ -85,6 +103,28 @@ def test_checkpoint_holds_only_adapters_and_their_optimizer_state(runs):
         total += sum(w.numel() for w in weights.values())
     replicated = 4 * (256 + 256 + 256 + 256)  # qkv A, proj B, fc1 A, fc2 B: on both ranks
     assert total == ADAPTER_PARAMS + replicated
+
+
+def test_pipeline_and_data_parallel_match_single_process(runs, pipeline_data_parallel):
+    reference, run = runs["reference"], pipeline_data_parallel
+    assert run["loss"] == pytest.approx(reference["loss"], rel=1e-5)
+    assert run["grad_norm"] == pytest.approx(reference["grad_norm"], rel=1e-5)
+    single = torch.load(runs["root"] / "adapters1" / "iter_0000004" / "mp_rank_00" /
+                        "model_optim_rng.pt", weights_only=False)["model"]
+    iteration = runs["root"] / "adapters_pp2" / "iter_0000004"
+    assert sorted(p.name for p in iteration.iterdir()) == ["mp_rank_00_000", "mp_rank_00_001"]
+    for stage, rank_dir in enumerate(sorted(iteration.iterdir())):
+        weights = torch.load(rank_dir / "model_optim_rng.pt", weights_only=False)["model"]
+        assert len(weights) == 2 * 4 * 2  # this stage's 2 layers, numbered from 0 as Megatron's
+        assert all(k.endswith(("lora_A.default.weight", "lora_B.default.weight"))
+                   for k in weights)
+        for name, weight in weights.items():
+            parts = name.split(".")
+            parts[2] = str(int(parts[2]) + 2 * stage)
+            torch.testing.assert_close(weight, single[".".join(parts)], rtol=1e-4, atol=1e-5)
+        # The sharded optimizer state, gathered over DP, covers this stage's adapters only.
+        shards = torch.load(rank_dir / "distrib_optim.pt", weights_only=False)
+        assert shards[0][(torch.float32, torch.float32)]["numel_unpadded"] == ADAPTER_PARAMS // 2
 
 
 def test_resume_from_adapters_continues_identically(runs):
@@ -119,6 +159,46 @@ def test_merged_export_reproduces_lora_logits(runs, tmp_path):
     convert("--load-model-type", "mg", "--save-model-type", "hf", "--load-dir",
             str(tmp_path / "merged_mg"), "--save-dir", str(tmp_path / "merged_mg_hf"))
     assert (_hf_logits(tmp_path / "merged_mg_hf") - merged).abs().max().item() < 1e-5
+
+
+def _generated(argv):
+    """Logits of TOKENS and the greedy continuation of its first row, as inference.py loads."""
+    from modellink.inference import generate
+    with loaded(argv) as model:
+        return model.logits(torch.tensor(TOKENS)), \
+            generate(model, TOKENS[0], max_new_tokens=8)[0].token_ids
+
+
+def test_inference_applies_adapters_as_the_merged_checkpoint(runs, tmp_path, capsys):
+    from modellink.inference.tasks import run
+    root = runs["root"]
+    convert("--load-model-type", "mg", "--save-model-type", "mg", "--load-dir",
+            str(root / "base1"), "--lora-load", str(root / "adapters1"),
+            "--save-dir", str(tmp_path / "merged"))
+    flags = runs["model"] + ["--device", "cpu", "--tokenizer-type", "NullTokenizer",
+                             "--vocab-size", "250", "--max-length", "32"]
+    lora = flags + LORA + ["--load", str(root / "base1"), "--lora-load", str(root / "adapters1")]
+    logits, tokens = _generated(lora)
+    merged_logits, merged_tokens = _generated(flags + ["--load", str(tmp_path / "merged")])
+    base_logits, base_tokens = _generated(flags + ["--load", str(root / "base1")])
+    assert (logits - merged_logits).abs().max().item() < 1e-4
+    assert tokens == merged_tokens != base_tokens
+    assert (logits - base_logits).abs().max().item() > 1e-2
+
+    def cli(argv):
+        with single_process_env():
+            status = run_cli(lambda: run(argv + ["--task", "greedy", "--max-new-tokens", "8",
+                                                 "--prompt", " ".join(map(str, TOKENS[0]))]))
+        return status, capsys.readouterr()
+
+    status, printed = cli(lora)
+    assert status == 0, printed.err
+    assert printed.out.strip().endswith(" ".join(map(str, tokens)))
+    # Same shapes, so nothing else would notice that every adapter is scaled twice as much.
+    status, printed = cli(lora + ["--lora-alpha", "16"])
+    assert status == 2
+    assert "--lora-alpha 16 does not match the adapters at" in printed.err
+    assert "trained with --lora-alpha 8" in printed.err
 
 
 @pytest.mark.parametrize("extra,message", [

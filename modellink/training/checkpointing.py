@@ -29,6 +29,7 @@ from modellink.training.checkpoint_retention import (
     remove_partial_saves,
     saved_iterations,
 )
+from modellink.training.lora_args import check_adapter_flags
 from modellink.training.replica import optimizer_files, writes_optimizer_file
 
 TRACKER_FILENAME = "latest_checkpointed_iteration.txt"
@@ -66,11 +67,19 @@ def iteration_dir(root: str, iteration: int) -> str:
 
 def rank_dirname(args: argparse.Namespace) -> str:
     """Megatron-LM's per-rank directory name: tp, then pp and ep ranks when those are used."""
-    name = f"mp_rank_{parallel_state.get_tensor_model_parallel_rank():02d}"
+    ep_rank = (parallel_state.get_expert_model_parallel_rank()
+               if args.expert_model_parallel_size > 1 else 0)
+    return position_dirname(args, parallel_state.get_tensor_model_parallel_rank(),
+                            parallel_state.get_pipeline_model_parallel_rank(), ep_rank)
+
+
+def position_dirname(args: argparse.Namespace, tp_rank: int, pp_rank: int, ep_rank: int) -> str:
+    """`rank_dirname` of the ranks at that model-parallel position."""
+    name = f"mp_rank_{tp_rank:02d}"
     if args.pipeline_model_parallel_size > 1:
-        name += f"_{parallel_state.get_pipeline_model_parallel_rank():03d}"
+        name += f"_{pp_rank:03d}"
     if args.expert_model_parallel_size > 1:
-        name += f"_{parallel_state.get_expert_model_parallel_rank():03d}"
+        name += f"_{ep_rank:03d}"
     return name
 
 
@@ -150,8 +159,10 @@ def save_checkpoint(args: argparse.Namespace, iteration: int, model: List[torch.
 
 def model_file_state(args: argparse.Namespace, iteration: int, model: List[torch.nn.Module],
                      optimizer: Any, scheduler: Any, consumed_train_samples: int,
-                     consumed_valid_samples: int, dying_gasp: Optional[str]) -> Dict[str, Any]:
-    """What `model_optim_rng.pt` holds; `optimizer` is None when it is not saved."""
+                     consumed_valid_samples: int, dying_gasp: Optional[str],
+                     rng: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """What `model_optim_rng.pt` holds; `optimizer` is None when it is not saved. `rng`
+    replaces the RNG streams as they are now (a dying gasp saves those of a step's start)."""
     saved_args = copy.copy(args)
     saved_args.consumed_train_samples = consumed_train_samples
     saved_args.consumed_valid_samples = consumed_valid_samples
@@ -167,7 +178,7 @@ def model_file_state(args: argparse.Namespace, iteration: int, model: List[torch
     if scheduler is not None:
         state["opt_param_scheduler"] = scheduler.state_dict()
     if not args.no_save_rng:
-        state["rng_state"] = [rng_state()]
+        state["rng_state"] = [rng if rng is not None else rng_state()]
     return state
 
 
@@ -333,6 +344,8 @@ def _load_checkpoint(args: argparse.Namespace, model: List[torch.nn.Module], opt
     iteration, rank_dir, state, optimizer_file = selected
     if "args" not in state or "iteration" not in state:
         raise CheckpointError(f"{rank_dir}/{MODEL_FILENAME} is not a Megatron checkpoint")
+    if part == "adapters":
+        check_adapter_flags(state["args"], args, args.load)
 
     keys = ["model"] if len(model) == 1 else [f"model{i}" for i in range(len(model))]
     for key, chunk in zip(keys, model):

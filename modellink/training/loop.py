@@ -114,13 +114,16 @@ class StepResult:
 
 
 def train_step(model: List[torch.nn.Module], optimizer: Any, scheduler: Any,
-               data_iterators: List[Iterator], args: argparse.Namespace) -> StepResult:
+               data_iterators: List[Iterator], args: argparse.Namespace,
+               before_update: Optional[Callable[[], None]] = None) -> StepResult:
     start = time.perf_counter()
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
     losses = _run_schedule(model, data_iterators, args, forward_only=False)
     backward_done = time.perf_counter()
+    if before_update is not None:
+        before_update()
     try:
         update_successful, grad_norm, _ = optimizer.step()
         if update_successful:
@@ -137,9 +140,9 @@ def train_step(model: List[torch.nn.Module], optimizer: Any, scheduler: Any,
 
 def _guarded_train_step(model: List[torch.nn.Module], optimizer: Any, scheduler: Any,
                         data_iterators: List[Iterator], args: argparse.Namespace,
-                        iteration: int) -> StepResult:
+                        iteration: int, before_update: Callable[[], None]) -> StepResult:
     try:
-        return train_step(model, optimizer, scheduler, data_iterators, args)
+        return train_step(model, optimizer, scheduler, data_iterators, args, before_update)
     except NonFiniteError as exc:
         raise NonFiniteError(f"iteration {iteration}, {exc}") from None
     except RuntimeError as exc:
@@ -179,11 +182,14 @@ def train(args: argparse.Namespace, model: List[torch.nn.Module], optimizer: Any
     exit_monitor = ExitMonitor(args, time.time() if start_time is None else start_time)
     profiler = StepProfiler(args, torch.distributed.get_rank())
     monitor = TrainingMonitor(args, writes=_is_logging_rank())
+    dying_gasp = DyingGasp(args, state, model, optimizer, scheduler)
     exit_monitor.install()
     try:
         return _train_iterations(args, model, optimizer, scheduler, train_iterators,
-                                 valid_iterators, state, exit_monitor, profiler, monitor)
+                                 valid_iterators, state, exit_monitor, profiler, monitor,
+                                 dying_gasp)
     finally:
+        dying_gasp.close()
         exit_monitor.restore()
         profiler.stop()
         monitor.close()
@@ -193,23 +199,22 @@ def _train_iterations(args: argparse.Namespace, model: List[torch.nn.Module], op
                       scheduler: Any, train_iterators: List[Iterator],
                       valid_iterators: Optional[List[Iterator]], state: TrainState,
                       exit_monitor: ExitMonitor, profiler: StepProfiler,
-                      monitor: TrainingMonitor) -> TrainState:
+                      monitor: TrainingMonitor, dying_gasp: DyingGasp) -> TrainState:
     for chunk in model:
         chunk.train()
     world = torch.distributed.get_world_size()
     skipped_since_log, nan_since_log, interval_start = 0, 0, time.perf_counter()
     iterations_since_log = 0
-    dying_gasp = DyingGasp(args)
     while state.iteration < args.train_iters:
         profiler.before_step(state.iteration)
         step_start = time.perf_counter()
         dying_gasp.before_step()
         try:
             step = _guarded_train_step(model, optimizer, scheduler, train_iterators, args,
-                                       state.iteration + 1)
+                                       state.iteration + 1, dying_gasp.begin_update)
         except Exception as exc:
-            dying_gasp.on_exception(exc, state, model, optimizer, scheduler, partial(
-                save, args, model, optimizer, scheduler, state))
+            dying_gasp.on_exception(exc, partial(save, args, model, optimizer, scheduler,
+                                                 state))
             raise
         dying_gasp.after_step()
         step_seconds = time.perf_counter() - step_start

@@ -84,3 +84,20 @@ def validate_lora_args(args: argparse.Namespace) -> None:
     args.lora_modules_to_save = to_save or None
     if args.lora_load is not None:
         _check_lora_load(args.lora_load)
+
+
+def check_adapter_flags(saved: argparse.Namespace, args: argparse.Namespace, path: str) -> None:
+    """The LoRA flags must be those the adapters at `path` were trained with: a different
+    --lora-alpha fits the weights' shapes and would silently rescale every adapter."""
+    trained = getattr(saved, "lora_target_modules", None)
+    if not trained:
+        raise ArgumentError(f"--lora-load {path} holds no LoRA adapters (it was not saved by "
+                            f"a run with --lora-target-modules)")
+    if sorted(args.lora_target_modules) != sorted(trained):
+        raise ArgumentError(f"--lora-target-modules {' '.join(args.lora_target_modules)} does "
+                            f"not match the adapters at {path}, which were trained on "
+                            f"{' '.join(trained)}")
+    for flag, name in (("--lora-r", "lora_r"), ("--lora-alpha", "lora_alpha")):
+        if getattr(args, name) != getattr(saved, name):
+            raise ArgumentError(f"{flag} {getattr(args, name)} does not match the adapters at "
+                                f"{path}, which were trained with {flag} {getattr(saved, name)}")
