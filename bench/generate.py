@@ -78,6 +78,7 @@ def main() -> None:
     options = parser.parse_args()
 
     import torch
+    import transformers
 
     from modellink.inference import generate, load_model, parse_inference_args
 
@@ -95,12 +96,13 @@ def main() -> None:
     torch.set_num_threads(options.threads)
     prompts = torch.randint(3, vocab, (options.batch, options.prompt_tokens),
                             generator=torch.Generator().manual_seed(1))
-    # Stop ids nobody produces and min_new_tokens: both sides generate exactly new-tokens.
+    # No stop token on either side, so both generate exactly new-tokens (for transformers this
+    # is cheaper than min_new_tokens, whose logits processor runs every step).
     ours = lambda: generate(model, prompts.tolist(), max_new_tokens=options.new_tokens,  # noqa
                             use_kv_cache=True, stop_token_ids=(-1,))
-    theirs = lambda: hf.generate(prompts, max_new_tokens=options.new_tokens,  # noqa
-                                 min_new_tokens=options.new_tokens, do_sample=False,
-                                 use_cache=True, pad_token_id=0)
+    no_stop = transformers.GenerationConfig(max_new_tokens=options.new_tokens, do_sample=False,
+                                            use_cache=True, eos_token_id=None, pad_token_id=0)
+    theirs = lambda: hf.generate(prompts, generation_config=no_stop)  # noqa
     same = [o.token_ids for o in ours()] == theirs()[:, options.prompt_tokens:].tolist()
     best = {"modellink": float("inf"), "transformers": float("inf")}
     for _ in range(options.repeats):
