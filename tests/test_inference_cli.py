@@ -115,3 +115,36 @@ def test_decoding_fast_path_is_taken_and_matches_megatron_core_forward(tiny, mon
         assert "_forward_attention" in entered and "forward" in entered
     for ours, theirs in zip(fast, reference):
         assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("family", ["gemma2", "bloom", "qwen"])
+def test_families_generate_what_transformers_does_on_the_decoding_fast_path(family, tmp_path):
+    """The KV-cache fast path with the fused flags on the families furthest from Llama:
+    sandwich norms, soft-capping and sliding windows (Gemma 2), ALiBi with biases and
+    LayerNorm (Bloom), QKV biases with tied embeddings (Qwen)."""
+    import torch
+    import transformers
+
+    from modellink.inference import generate
+    from remote_code_families import model_type_hf
+    from test_convert_families import convert as convert_family
+    from test_convert_families import save_tiny_hf
+    from test_inference_generate import RUN_FLAGS, word_tokenizer
+    hf = save_tiny_hf(family, tmp_path / "hf")
+    flags = convert_family("--load-model-type", "hf", "--save-model-type", "mg",
+                           "--model-type-hf", model_type_hf(family), "--load-dir",
+                           str(tmp_path / "hf"), "--save-dir", str(tmp_path / "mg"))
+    # Gemma 2's soft-capping runs on the reference attention path only.
+    fused = (["--use-flash-attn"] if family != "gemma2" else []) + [
+        "--use-fused-rotary-pos-emb", "--use-fused-rmsnorm", "--use-fused-swiglu"]
+    argv = flags + RUN_FLAGS + fused + ["--load", str(tmp_path / "mg"),
+                                        "--tokenizer-name-or-path",
+                                        word_tokenizer(tmp_path / "tokenizer")]
+    no_stop = transformers.GenerationConfig(max_new_tokens=12, do_sample=False,
+                                            eos_token_id=None, pad_token_id=0)
+    with loaded(argv) as model:
+        for prompt in PROMPTS[:2]:
+            expected = hf.generate(torch.tensor([prompt]), generation_config=no_stop)
+            ours = generate(model, prompt, max_new_tokens=12, use_kv_cache=True,
+                            stop_token_ids=(-1,))[0].token_ids
+            assert ours == expected[0, len(prompt):].tolist()
