@@ -134,8 +134,8 @@ def sdpa_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         mask = torch.where(visible, bias, -math.inf).to(q.dtype)
     out = F.scaled_dot_product_attention(
         # torch's is_causal aligns the queries with the first keys: wrong for sq < skv.
-        q, k, v, attn_mask=mask, is_causal=mask is None and sq > 1, dropout_p=dropout_p, scale=scale,
-        enable_gqa=k.shape[1] != q.shape[1])
+        q, k, v, attn_mask=mask, is_causal=mask is None and sq > 1, dropout_p=dropout_p,
+        scale=scale, enable_gqa=k.shape[1] != q.shape[1])
     return out.permute(2, 0, 1, 3).reshape(sq, b, -1)
 
 
