@@ -1,5 +1,6 @@
 """Greedy decoding with KV cache: modellink.inference.generate against transformers' generate
-on the same random Llama (CPU, fp32, same thread count, same prompt, same new-token count).
+on the same random Llama (fp32, same device and thread count, same prompt, same new-token
+count; the CPU unless --device cuda).
 
 Converts a random Hugging Face Llama to a Megatron checkpoint (not timed), loads it in this
 process, checks both produce the same tokens, then alternates timed runs of each and keeps
@@ -8,10 +9,12 @@ each side's best (the machine may be shared). Prints tokens/s of both and the ra
 
     python bench/generate.py                         # ~60M parameters, batch 1
     python bench/generate.py --preset medium --batch 4 --new-tokens 64
+    python bench/generate.py --device cuda --json OUT.json   # tests/gpu/run.sh reads OUT.json
 """
 import argparse
 import contextlib
 import io
+import json
 import os
 import sys
 import tempfile
@@ -73,6 +76,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--json", help="also write the result to this file")
     parser.add_argument("--operators", nargs="*", default=FUSED,
                         help="modellink operator flags (default: the LLaMA-2 example's)")
     options = parser.parse_args()
@@ -83,19 +88,19 @@ def main() -> None:
     from modellink.inference import generate, load_model, parse_inference_args
 
     work = tempfile.mkdtemp(prefix="bench_generate_")
-    hf = _hf_model(os.path.join(work, "hf"), options.preset)
+    hf = _hf_model(os.path.join(work, "hf"), options.preset).to(options.device)
     flags = _convert(os.path.join(work, "hf"), os.path.join(work, "mg"))
     vocab = PRESETS[options.preset][-1]
     os.environ.setdefault("MODELLINK_CPU_THREADS", str(options.threads))
     total = options.prompt_tokens + options.new_tokens
     model = load_model(parse_inference_args(flags + [
-        "--device", "cpu", "--tokenizer-type", "PretrainedFromHF", "--load",
+        "--device", options.device, "--tokenizer-type", "PretrainedFromHF", "--load",
         os.path.join(work, "mg"), "--tokenizer-name-or-path",
         _tokenizer(os.path.join(work, "tok"), vocab), "--max-length", str(total),
         *options.operators]))
     torch.set_num_threads(options.threads)
     prompts = torch.randint(3, vocab, (options.batch, options.prompt_tokens),
-                            generator=torch.Generator().manual_seed(1))
+                            generator=torch.Generator().manual_seed(1)).to(options.device)
     # No stop token on either side, so both generate exactly new-tokens (for transformers this
     # is cheaper than min_new_tokens, whose logits processor runs every step).
     ours = lambda: generate(model, prompts.tolist(), max_new_tokens=options.new_tokens,  # noqa
@@ -110,6 +115,8 @@ def main() -> None:
             start = time.perf_counter()
             with torch.inference_mode():
                 run()
+            if options.device == "cuda":
+                torch.cuda.synchronize()
             best[name] = min(best[name], time.perf_counter() - start)
     tokens = options.batch * options.new_tokens
     hidden, layers = PRESETS[options.preset][:2]
@@ -120,8 +127,13 @@ def main() -> None:
           f"best of {options.repeats}; modellink operators: {' '.join(options.operators) or 'none'}")
     for name, seconds in best.items():
         print(f"  {name:<13} {tokens / seconds:9.1f} tokens/s")
-    print(f"  ratio modellink / transformers: {best['transformers'] / best['modellink']:.2f}x "
-          f"(same tokens: {same})")
+    ratio = best["transformers"] / best["modellink"]
+    print(f"  ratio modellink / transformers: {ratio:.2f}x (same tokens: {same})")
+    if options.json:
+        with open(options.json, "w") as handle:
+            json.dump({"preset": options.preset, "batch": options.batch, "same_tokens": same,
+                       "ratio": ratio, **{f"{name}_tokens_per_s": tokens / seconds
+                                          for name, seconds in best.items()}}, handle)
     model.close()
     torch.distributed.destroy_process_group()
 

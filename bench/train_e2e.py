@@ -5,13 +5,14 @@ transformers loop (SDPA attention) on the same model, batch, sequence length and
 Each variant trains in its own process, one after the other in this run, so peak memory is its
 own: torch.cuda.max_memory_allocated on a GPU, the growth of peak RSS over the pre-model baseline
 on the CPU. Prints tokens/s, achieved TFLOP/s, MFU (model FLOPs by Megatron-LM's formula over the
-peak: 989 TFLOP/s bf16 for an H100) and each variant's speed relative to transformers, all from
-each variant's best timed iteration (on a shared machine other processes only add time; the
-median is printed too).
+device's dense bf16 peak: 989 TFLOP/s for an H100 or H200) and each variant's speed relative to
+transformers, all from each variant's best timed iteration (on a shared machine other processes
+only add time; the median is printed too).
 
     python bench/train_e2e.py                  # CPU: tiny model, fp32
     python bench/train_e2e.py --preset 1b      # GPU: hidden 2048, 16 layers, 16 heads, GQA 8,
                                                # seq 4096, bf16
+    python bench/train_e2e.py --json OUT.json  # also write the table (tests/gpu/run.sh reads it)
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ PRESETS = {
     "1b": dict(hidden=2048, layers=16, heads=16, groups=8, ffn=5632, seq=4096, micro=2,
                batch=8, vocab=32000, bf16=True),
 }
-PEAK_FLOPS = {"cuda": 989e12}  # H100 SXM dense bf16
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}  # dense bf16, by a word of the device's name
 FUSED = ["--use-flash-attn", "--use-fused-rmsnorm", "--use-fused-swiglu",
          "--use-fused-rotary-pos-emb"]
 VARIANTS = {
@@ -147,6 +148,7 @@ def main() -> None:
                         help="run the variants this many times in turn; each keeps its best")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="CPU threads for every variant (torch and modellink alike)")
+    parser.add_argument("--json", help="also write the table's rows to this file")
     parser.add_argument("--worker", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     cli = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -177,16 +179,23 @@ def main() -> None:
         run["timed"] = run["seconds"][cli.warmup:] + results.get(variant, {}).get("timed", [])
         results[variant] = run
     reference = results.get("transformers")
-    peak = PEAK_FLOPS.get(device)
+    peak = next((value for word, value in PEAK_FLOPS.items() if word in name), None)
+    rows = {}
     for variant, run in results.items():
         timed = run["timed"]
         seconds = min(timed)
-        mfu = f"{flops / seconds / peak:6.1%}" if peak else "   n/a"
-        ratio = (f"{min(reference['timed']) / seconds:14.2f}x" if reference
-                 else f"{'':>15s}")
+        row = rows[variant] = dict(
+            tokens_per_s=tokens / seconds, tflops=flops / seconds / 1e12,
+            mfu=flops / seconds / peak if peak else None, peak_mb=run["peak_bytes"] / 2**20,
+            vs_transformers=min(reference["timed"]) / seconds if reference else None)
+        mfu = f"{row['mfu']:6.1%}" if peak else "   n/a"
+        ratio = (f"{row['vs_transformers']:14.2f}x" if reference else f"{'':>15s}")
         print(f"{variant:34s} {seconds * 1e3:8.1f} {statistics.median(timed) * 1e3:8.1f} "
               f"{tokens / seconds:9.1f} {flops / seconds / 1e12:8.3f} {mfu} "
-              f"{run['peak_bytes'] / 2**20:8.1f} {ratio}  {run['loss'][-1]:.4f}")
+              f"{row['peak_mb']:8.1f} {ratio}  {run['loss'][-1]:.4f}")
+    if cli.json:
+        with open(cli.json, "w") as handle:
+            json.dump({"device": name, "preset": preset, "rows": rows}, handle)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@ their features (models/feature_args.py, training/*_args.py) can raise it without
 modellink.arguments, which imports them."""
 from __future__ import annotations
 
+from modellink.user_error import UserError
 
-class ArgumentError(ValueError):
+
+class ArgumentError(UserError, ValueError):
     """A bad command line; the message names the flag and the problem."""
 
 

@@ -11,6 +11,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Every test and torchrun child inherits the device check (modellink/backend/device_check.py):
+# a collective on a host tensor fails here as NCCL/HCCL would fail it on the first GPU run.
+os.environ.setdefault("MODELLINK_DEVICE_CHECK", "1")
+
 # A tiny Llama-style model: RMSNorm, SwiGLU, RoPE, GQA, untied embeddings, no dropout.
 TINY_LLAMA = [
     "--num-layers", "4", "--hidden-size", "64", "--ffn-hidden-size", "128",
@@ -37,7 +41,9 @@ def run_ranks(args: List[str], nproc: int, history: Optional[Path] = None,
               env: Optional[Dict[str, str]] = None, timeout: int = 600
               ) -> subprocess.CompletedProcess:
     """Run tests/launch_pretrain.py under torchrun with `nproc` CPU ranks."""
-    full_env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
+    # Kept after ROOT: a GPU machine's wheels may come on PYTHONPATH (tests/gpu/run.sh).
+    full_env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get(
+                    "PYTHONPATH")])), OMP_NUM_THREADS="1",
                     MODELLINK_CPU_THREADS="1", PYTHONWARNINGS="ignore")
     if history is not None:
         full_env["MODELLINK_TEST_HISTORY"] = str(history)

@@ -2,8 +2,9 @@
 
     recompute OUT ARGS...   one forward/backward of the model built from ARGS under each recompute
                             setting; writes loss, grad norm and bytes kept for backward to OUT
-    mc2 OUT                 2 ranks: the MC2 linears against single-device math, through the
-                            stand-in torch_npu; writes the largest errors to OUT
+    mc2 OUT [DEVICE]        2 ranks: the MC2 linears against single-device math, through the
+                            stand-in torch_npu (cpu over gloo, cuda over NCCL) or the real one
+                            (npu over HCCL); writes the largest errors to OUT
 """
 import importlib.util
 import json
@@ -32,7 +33,9 @@ def run_probe(argv: List[str], nproc: int) -> subprocess.CompletedProcess:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
+    # Kept after ROOT: a GPU machine's wheels may come on PYTHONPATH (tests/gpu/run.sh).
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get(
+               "PYTHONPATH")])), OMP_NUM_THREADS="1",
                MODELLINK_CPU_THREADS="1", PYTHONWARNINGS="ignore")
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
            f"--master-port={port}", str(Path(__file__).resolve()), *argv]
@@ -92,18 +95,22 @@ def _stand_in_npu() -> object:
     return stub
 
 
-def mc2(out: str) -> None:
+def mc2(out: str, device: str = "cpu") -> None:
     import torch.distributed as dist
 
     from modellink.ops import mc2 as ops_mc2
 
-    dist.init_process_group("gloo")
+    if device != "cpu":
+        getattr(torch, device).set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group({"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}[device])
     rank, world = dist.get_rank(), dist.get_world_size()
     group = dist.new_group(list(range(world)))
-    stub = _stand_in_npu()
-    stub.register_group("tp", group)
-    # The HCCL handle lookup needs a real HCCL group; the stand-in addresses gloo by name.
-    ops_mc2.hccl_comm_name = lambda _group: "tp"
+    stub = None
+    if device != "npu":
+        stub = _stand_in_npu()
+        stub.register_group("tp", group)
+        # The HCCL handle lookup needs a real HCCL group; the stand-in addresses it by name.
+        ops_mc2.hccl_comm_name = lambda _group: "tp"
     seq, batch, hidden, out_features = 8, 2, 256, 512
     shard = seq // world
     gen = torch.Generator().manual_seed(0)
@@ -117,27 +124,29 @@ def mc2(out: str) -> None:
     errors = {}
 
     def check(name: str, got: torch.Tensor, want: torch.Tensor) -> None:
-        errors[name] = (got.float() - want).abs().max().item() / want.abs().max().item()
+        errors[name] = (got.float().cpu() - want).abs().max().item() / want.abs().max().item()
+
+    def leaf(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device=device, dtype=torch.bfloat16).requires_grad_()
 
     # Column-parallel: sequence shard in, full-sequence partial features out.
-    inp = x[rows].bfloat16().requires_grad_()
-    weight = w_col[rank].bfloat16().requires_grad_()
+    inp, weight = leaf(x[rows]), leaf(w_col[rank])
     output = ops_mc2._AllGatherMatmul.apply(inp, weight, group)
-    output.backward(g_col[rank].bfloat16())
+    output.backward(g_col[rank].to(device=device, dtype=torch.bfloat16))
     check("column output", output, x @ w_col[rank].t())
     check("column grad input", inp.grad, sum(g @ w for g, w in zip(g_col, w_col))[rows])
     check("column grad weight", weight.grad,
           g_col[rank].reshape(-1, out_features).t() @ x.reshape(-1, hidden))
     # Row-parallel: partial features in, summed sequence shard out.
-    inp = x_row[rank].bfloat16().requires_grad_()
-    weight = w_row[rank].bfloat16().requires_grad_()
+    inp, weight = leaf(x_row[rank]), leaf(w_row[rank])
     output = ops_mc2._MatmulReduceScatter.apply(inp, weight, group)
-    output.backward(g_row[rows].bfloat16())
+    output.backward(g_row[rows].to(device=device, dtype=torch.bfloat16))
     check("row output", output, sum(a @ w.t() for a, w in zip(x_row, w_row))[rows])
     check("row grad input", inp.grad, g_row @ w_row[rank])
     check("row grad weight", weight.grad,
           g_row.reshape(-1, hidden).t() @ x_row[rank].reshape(-1, out_features))
-    errors["kernels"] = sorted({name for name, _ in stub.calls})
+    if stub is not None:
+        errors["kernels"] = sorted({name for name, _ in stub.calls})
     if rank == 0:
         Path(out).write_text(json.dumps(errors))
     dist.destroy_process_group()
@@ -148,4 +157,4 @@ if __name__ == "__main__":
     if mode == "recompute":
         recompute(out_path, sys.argv[3:])
     else:
-        mc2(out_path)
+        mc2(out_path, *sys.argv[3:4])

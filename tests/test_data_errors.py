@@ -6,6 +6,7 @@ import os
 import pytest
 
 from data_helpers import demo, preprocess, read_dataset, write_jsonl  # noqa: F401
+from modellink.argument_errors import ArgumentError
 from modellink.data.preprocess import main
 
 
@@ -115,7 +116,7 @@ def test_existing_outputs_are_refused_unless_overwrite(demo, tmp_path):  # noqa:
     source = write_jsonl(tmp_path / "in.jsonl", [{"text": "1 + 2 = 3"}])
     (prefix,) = preprocess(source, tmp_path / "x", demo["tokenizer"])
     before = open(prefix + ".bin", "rb").read()
-    with pytest.raises(FileExistsError, match=r"x_text_document.bin.*--overwrite"):
+    with pytest.raises(ArgumentError, match=r"x_text_document.bin.*--overwrite"):
         preprocess(demo["pretrain"], tmp_path / "x", demo["tokenizer"])
     assert open(prefix + ".bin", "rb").read() == before
     preprocess(demo["pretrain"], tmp_path / "x", demo["tokenizer"], "--overwrite")
@@ -146,7 +147,7 @@ def test_pack_failure_cleans_up(demo, tmp_path):  # noqa: F811
 
 
 def test_missing_input_and_output_folder(demo, tmp_path):  # noqa: F811
-    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+    with pytest.raises(ArgumentError, match="no such file or folder"):
         preprocess(tmp_path / "nope.jsonl", tmp_path / "x", demo["tokenizer"])
     with pytest.raises(ValueError, match="does not exist"):
         preprocess(demo["pretrain"], tmp_path / "no" / "x", demo["tokenizer"])

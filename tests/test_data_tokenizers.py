@@ -7,6 +7,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from data_helpers import demo  # noqa: F401
+from modellink.argument_errors import ArgumentError
 from modellink.data.tokenizers import TOKENIZER_TYPES, add_tokenizer_arguments, build_tokenizer
 
 TEXT = "12 + 7 = 19\nThe opposite of hot is cold."
@@ -125,10 +126,10 @@ def test_null_tokenizer():
 @pytest.mark.parametrize("argv,error,message", [
     ([], ValueError, "--tokenizer-type is required"),
     (["--tokenizer-type", "PretrainedFromHF"], ValueError, "--tokenizer-name-or-path is required"),
-    (["--tokenizer-type", "PretrainedFromHF", "--tokenizer-name-or-path", "/no/such/dir"], FileNotFoundError,
+    (["--tokenizer-type", "PretrainedFromHF", "--tokenizer-name-or-path", "/no/such/dir"], ArgumentError,
      "/no/such/dir: no such tokenizer folder"),
     (["--tokenizer-type", "Llama2Tokenizer"], ValueError, "--tokenizer-model .* is required"),
-    (["--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", "/no/x.model"], FileNotFoundError,
+    (["--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", "/no/x.model"], ArgumentError,
      "/no/x.model: no such file"),
     (["--tokenizer-type", "GPT2BPETokenizer", "--vocab-file", "/no/v.json"], ValueError, "needs --merge-file"),
     (["--tokenizer-type", "NullTokenizer"], ValueError, "NullTokenizer needs --vocab-size"),

@@ -7,11 +7,13 @@ import time
 import pytest
 import torch
 
+from modellink import backend
 from modellink.training.exit_conditions import ExitMonitor
 
 
 @pytest.fixture
 def world_of_one(tmp_path):
+    backend.activate(backend.resolve("cpu"))  # the flags live on the (redirected) device
     torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/store",
                                          rank=0, world_size=1)
     yield

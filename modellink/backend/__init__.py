@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from modellink.argument_errors import ArgumentError
 from modellink.backend import cuda, npu
 
 DISTRIBUTED_BACKENDS = {"npu": "hccl", "cuda": "nccl", "cpu": "gloo"}
@@ -26,9 +27,9 @@ def resolve(requested: str = "auto") -> Backend:
     if requested == "auto":
         return Backend(next(name for name, probe in available.items() if probe()))
     if requested not in available:
-        raise ValueError(f"--device must be one of auto, npu, cuda, cpu; got {requested!r}")
+        raise ArgumentError(f"--device must be one of auto, npu, cuda, cpu; got {requested!r}")
     if not available[requested]():
-        raise RuntimeError(f"--device {requested} requested but no {requested} device is available")
+        raise ArgumentError(f"--device {requested} requested but no {requested} device is available")
     return Backend(requested)
 
 

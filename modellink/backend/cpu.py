@@ -14,6 +14,7 @@ from typing import Any, Callable, List
 
 import torch
 
+from modellink.backend import device_check
 from modellink.patches.registry import Patch
 
 GROUP = "cpu-backend"
@@ -160,17 +161,32 @@ def cpu_patches() -> List[Patch]:
     why_device = "megatron-core hard-codes CUDA devices; on the CPU backend they mean the CPU"
     why_stream = "megatron-core overlaps work on CUDA streams; CPU work is synchronous"
     why_rng = "megatron-core keeps its model-parallel RNG streams in the CUDA generator"
+    check = device_check.enabled()
+
+    def factory(name: str) -> Callable[[Callable], Callable]:
+        if check:
+            return lambda original: device_check.marking_factory(name, _factory(original))
+        return _factory
+
+    def tensor_to(original: Callable) -> Callable:
+        redirected = _tensor_to(original)
+        return device_check.marking_to(redirected) if check else redirected
+
     patches = [
-        Patch(f"torch.{name}", _factory, why_device, GROUP, wraps=True) for name in _FACTORIES
+        Patch(f"torch.{name}", factory(name), why_device, GROUP, wraps=True)
+        for name in _FACTORIES
     ]
     patches += [
-        Patch("torch.Tensor.to", _tensor_to, why_device, GROUP, wraps=True),
-        Patch("torch.Tensor.cuda", _return_self(), why_device, GROUP),
+        Patch("torch.Tensor.to", tensor_to, why_device, GROUP, wraps=True),
+        Patch("torch.Tensor.cuda", device_check.device_cuda if check else _return_self(),
+              why_device, GROUP),
         Patch("torch.Tensor.pin_memory", _return_self(), "pinning needs an accelerator", GROUP),
         Patch("torch.Tensor.type", _tensor_type,
               "distributed optimizer and grad clipping assert torch.cuda tensor types", GROUP,
               wraps=True),
-        Patch("torch.cuda.current_device", lambda: "cpu", why_device, GROUP),
+        # "cpu" to torch; the device check tells it from a literal "cpu" (a host tensor).
+        Patch("torch.cuda.current_device", lambda: device_check.CURRENT_DEVICE, why_device,
+              GROUP),
         Patch("torch.cuda.set_device", _noop(), why_device, GROUP),
         Patch("torch.cuda.device_count", lambda: 1, why_device, GROUP),
         Patch("torch.cuda.synchronize", _noop(), "CPU ops are synchronous", GROUP),
@@ -188,9 +204,9 @@ def cpu_patches() -> List[Patch]:
         Patch("megatron.core.tensor_parallel.random._get_cuda_rng_state", _cpu_rng_state,
               why_rng, GROUP),
         Patch("megatron.core.tensor_parallel.random._set_cuda_rng_state", _set_cpu_rng_state,
-              why_rng, GROUP),
+              why_rng, GROUP, params=("new_state",)),
         Patch("megatron.core.transformer.moe.token_dispatcher.maybe_move_tensor_to_cpu",
               _host_copy, "all-to-all split sizes must reach torch.distributed as host lists",
-              GROUP, wraps=True),
+              GROUP, wraps=True, params=("tensor", "as_numpy", "record_stream")),
     ]
-    return patches
+    return patches + (device_check.device_check_patches() if check else [])

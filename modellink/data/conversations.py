@@ -14,6 +14,7 @@ ShareGPT: {"conversations": [{"from": "human"|"gpt"|"observation"|"function_call
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from modellink.argument_errors import ArgumentError
 from modellink.data.records import InvalidRecord
 
 ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "history": None,
@@ -43,7 +44,7 @@ def sharegpt_columns(map_keys: Optional[Mapping[str, Any]]) -> Tuple[Dict[str, O
     tags = dict(SHAREGPT_TAGS)
     for tag, value in (map_keys.pop("tags", None) or {}).items():
         if tag not in SHAREGPT_TAGS:
-            raise ValueError(f"--map-keys: unknown ShareGPT tag {tag!r}; known: {', '.join(SHAREGPT_TAGS)}")
+            raise ArgumentError(f"--map-keys: unknown ShareGPT tag {tag!r}; known: {', '.join(SHAREGPT_TAGS)}")
         tags[tag] = value
     return _merge_columns(SHAREGPT_COLUMNS, map_keys, "ShareGPT"), tags
 
@@ -53,9 +54,9 @@ def _merge_columns(defaults: Mapping[str, Optional[str]], map_keys: Optional[Map
     columns = dict(defaults)
     for key, value in (map_keys or {}).items():
         if key not in defaults:
-            raise ValueError(f"--map-keys: {key!r} is not a {style}-style column; known: {', '.join(defaults)}")
+            raise ArgumentError(f"--map-keys: {key!r} is not a {style}-style column; known: {', '.join(defaults)}")
         if value is not None and not isinstance(value, str):
-            raise ValueError(f"--map-keys: the column name for {key!r} must be a string")
+            raise ArgumentError(f"--map-keys: the column name for {key!r} must be a string")
         columns[key] = value
     return columns
 

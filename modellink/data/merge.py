@@ -9,6 +9,7 @@ from typing import List, Sequence
 
 from megatron.core.datasets.indexed_dataset import IndexedDataset, get_bin_path, get_idx_path
 
+from modellink.argument_errors import ArgumentError
 from modellink.data.writer import DatasetWriter, check_outputs_free
 
 
@@ -22,17 +23,17 @@ def _group(input_dir: str, key: str, exclude: Sequence[str]) -> List[str]:
         if os.path.abspath(prefix) in exclude:
             continue
         if not (os.path.isfile(get_bin_path(prefix)) and os.path.isfile(get_idx_path(prefix))):
-            raise FileNotFoundError(f"{prefix}: has no matching {'.idx' if ext == '.bin' else '.bin'} file")
+            raise ArgumentError(f"{prefix}: has no matching {'.idx' if ext == '.bin' else '.bin'} file")
         prefixes.add(prefix)
     if not prefixes:
-        raise ValueError(f"--merge-group-keys: no .bin/.idx pair in {input_dir} contains {key!r}")
+        raise ArgumentError(f"--merge-group-keys: no .bin/.idx pair in {input_dir} contains {key!r}")
     return sorted(prefixes)
 
 
 def merge_datasets(input_dir: str, output_prefix: str, keys: Sequence[str], overwrite: bool = False) -> List[str]:
     """Writes one merged dataset per key; returns the output prefixes."""
     if not os.path.isdir(input_dir):
-        raise ValueError(f"--input {input_dir}: --merge-group-keys needs a folder")
+        raise ArgumentError(f"--input {input_dir}: --merge-group-keys needs a folder")
     outputs = [f"{output_prefix}_{key}" for key in keys]
     check_outputs_free(outputs, overwrite)
     exclude = [os.path.abspath(p) for p in outputs]
@@ -40,7 +41,7 @@ def merge_datasets(input_dir: str, output_prefix: str, keys: Sequence[str], over
     for key, output in zip(keys, outputs):
         dtypes = {IndexedDataset(p).index.dtype for p in groups[key]}
         if len(dtypes) != 1:
-            raise ValueError(f"--merge-group-keys {key!r}: inputs have different token dtypes {sorted(map(str, dtypes))}")
+            raise ArgumentError(f"--merge-group-keys {key!r}: inputs have different token dtypes {sorted(map(str, dtypes))}")
         with DatasetWriter({key: output}, {key: dtypes.pop()}) as writer:
             builder = writer.builders[key]
             for prefix in groups[key]:

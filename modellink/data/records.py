@@ -3,8 +3,10 @@
 import json
 from typing import Any, Dict
 
+from modellink.user_error import UserError
 
-class InvalidRecord(ValueError):
+
+class InvalidRecord(UserError, ValueError):
     """A record that is malformed (bad JSON, missing key, wrong type): an error naming its
     location, or a counted skip with --skip-bad-records."""
 

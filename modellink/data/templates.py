@@ -23,6 +23,8 @@ no end marker in their labels.
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+from modellink.argument_errors import ArgumentError
+
 BOS = {"special": "bos"}
 EOS = {"special": "eos"}
 Slot = Union[str, Dict[str, str]]
@@ -242,4 +244,4 @@ def get_template(name: str) -> Template:
     try:
         return TEMPLATES[name]
     except KeyError:
-        raise ValueError(f"unknown prompt type {name!r}; known: {', '.join(sorted(TEMPLATES))}") from None
+        raise ArgumentError(f"unknown prompt type {name!r}; known: {', '.join(sorted(TEMPLATES))}") from None

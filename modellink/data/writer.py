@@ -13,6 +13,7 @@ from megatron.core.datasets.indexed_dataset import (
     get_idx_path,
 )
 
+from modellink.argument_errors import ArgumentError
 from modellink.data.worker import KeyData
 
 
@@ -20,7 +21,7 @@ def check_outputs_free(prefixes: Iterable[str], overwrite: bool) -> None:
     """Refuses to replace existing outputs unless ``overwrite``."""
     existing = [p for prefix in prefixes for p in (get_bin_path(prefix), get_idx_path(prefix)) if os.path.exists(p)]
     if existing and not overwrite:
-        raise FileExistsError(f"output files exist: {', '.join(existing)} (pass --overwrite to replace them)")
+        raise ArgumentError(f"output files exist: {', '.join(existing)} (pass --overwrite to replace them)")
 
 
 class _IndexWriterNumpy(_IndexWriter):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import List, Optional
 
+from modellink.argument_errors import ArgumentError
 from modellink.evaluation import choice_benchmarks, generation_benchmarks
 
 LOADERS = {**choice_benchmarks.LOADERS, **generation_benchmarks.LOADERS}
@@ -12,5 +13,5 @@ def load_questions(task: str, path: str, language: Optional[str] = None,
                    template: Optional[str] = None, max_samples: Optional[int] = None) -> List:
     """The questions of `task` read from `path` (the benchmark's published layout)."""
     if task not in LOADERS:
-        raise ValueError(f"unknown benchmark {task!r}; known: {', '.join(sorted(LOADERS))}")
+        raise ArgumentError(f"unknown benchmark {task!r}; known: {', '.join(sorted(LOADERS))}")
     return LOADERS[task](path, language, template, max_samples)

@@ -13,8 +13,11 @@ import os
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
+from modellink.argument_errors import ArgumentError
+from modellink.user_error import UserError
 
-class BenchmarkLayoutError(ValueError):
+
+class BenchmarkLayoutError(UserError, ValueError):
     """A --task-data-path that is not laid out as the benchmark's published files."""
 
 
@@ -51,7 +54,7 @@ def fill_template(template: str, few_shot_examples: str, question: str) -> str:
     try:
         return template.format(few_shot_examples=few_shot_examples, question=question)
     except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(f"--instruction-template {template!r}: only {{few_shot_examples}} and "
+        raise ArgumentError(f"--instruction-template {template!r}: only {{few_shot_examples}} and "
                          f"{{question}} may be used ({exc})") from None
 
 

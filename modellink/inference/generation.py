@@ -14,6 +14,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from modellink.argument_errors import ArgumentError
 from modellink.inference.model import InferenceModel
 from modellink.inference.sampling import SamplingSettings, choose_tokens
 
@@ -70,14 +71,14 @@ def encode_prompts(model: InferenceModel, prompts: Prompts) -> List[List[int]]:
     encoded = [model.tokenizer.tokenize(p) if isinstance(p, str) else [int(t) for t in p]
                for p in prompts]
     if not encoded or any(len(p) == 0 for p in encoded):
-        raise ValueError("every prompt needs at least one token")
+        raise ArgumentError("every prompt needs at least one token")
     return encoded
 
 
 def check_prompt_lengths(prompts: Sequence[Sequence[int]], max_length: int) -> None:
     for prompt in prompts:
         if len(prompt) >= max_length:
-            raise ValueError(f"prompt is {len(prompt)} tokens, which leaves no room to generate "
+            raise ArgumentError(f"prompt is {len(prompt)} tokens, which leaves no room to generate "
                              f"within --max-length {max_length}")
 
 

@@ -7,6 +7,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from modellink.argument_errors import ArgumentError
 from modellink.data.templates import Template, get_template
 from modellink.data.tokenizers import Tokenizer
 
@@ -38,15 +39,15 @@ class PromptFormat:
 
 def prompt_format(args: argparse.Namespace, tokenizer: Tokenizer) -> PromptFormat:
     if args.hf_chat_template and args.prompt_type:
-        raise ValueError("--hf-chat-template and --prompt-type both choose the prompt format; "
+        raise ArgumentError("--hf-chat-template and --prompt-type both choose the prompt format; "
                          "pass one")
     if args.hf_chat_template and not getattr(tokenizer.hf_tokenizer, "chat_template", None):
-        raise ValueError("--hf-chat-template: the tokenizer has no chat template")
+        raise ArgumentError("--hf-chat-template: the tokenizer has no chat template")
     extra = []
     for token in args.add_eos_token:
         token_id = tokenizer.token_to_id(token)
         if token_id is None:
-            raise ValueError(f"--add-eos-token {token!r} is not a single token of the tokenizer")
+            raise ArgumentError(f"--add-eos-token {token!r} is not a single token of the tokenizer")
         extra.append(token_id)
     template = get_template(args.prompt_type) if args.prompt_type else None
     return PromptFormat(tokenizer, template, args.hf_chat_template, tuple(extra))

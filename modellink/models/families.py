@@ -15,9 +15,10 @@ from modellink.models.config_dialects import (
     BAICHUAN2, BAICHUAN2_13B, CHATGLM3, CHATGLM3_FIXED, INTERNLM2, ConfigDialect,
     set_llama_value, strip_llama_keys, to_llama_keys)
 from modellink.models.feature_args import SWITCHES, VALUED
+from modellink.user_error import UserError
 
 
-class FamilyConfigError(ValueError):
+class FamilyConfigError(UserError, ValueError):
     """A config.json this family cannot express in Megatron flags."""
 
 

@@ -35,6 +35,7 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.utils import is_layer_window_attention
 
+from modellink.argument_errors import ArgumentError
 from modellink.ops.alibi import alibi_bias, alibi_slopes
 from modellink.ops.attention_npu import mask_arguments, npu_fusion_attention
 
@@ -173,7 +174,7 @@ class FlashSelfAttention(MegatronModule):
         self._npu_masks: Dict[tuple, torch.Tensor] = {}
         self._alibi_slopes = self._local_alibi_slopes(pg_collection) if settings.alibi else None
         if settings.path == "npu" and settings.alibi:
-            raise ValueError("--position-embedding-type alibi is not supported with "
+            raise ArgumentError("--position-embedding-type alibi is not supported with "
                              "--use-flash-attn on npu (npu_fusion_attention path); drop it")
 
     def _local_alibi_slopes(self, pg_collection: object) -> torch.Tensor:

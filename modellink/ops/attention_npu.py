@@ -18,6 +18,8 @@ from typing import Dict, Optional
 
 import torch
 
+from modellink.argument_errors import ArgumentError
+
 COMPRESSED_MASK_SIZE = 2048
 # Modes whose mask is the compressed causal mask rather than a full S x S one.
 COMPRESSED_MASK_MODES = (2, 3, 4)
@@ -34,7 +36,7 @@ def to_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
         return t.transpose(0, 1).contiguous()
     if layout == "BNSD":
         return t.permute(1, 2, 0, 3).contiguous()
-    raise ValueError(f"--shape-order {layout} is not one of SBH, BSH, BSND, BNSD")
+    raise ArgumentError(f"--shape-order {layout} is not one of SBH, BSH, BSND, BNSD")
 
 
 def from_layout(out: torch.Tensor, layout: str, s: int, b: int) -> torch.Tensor:

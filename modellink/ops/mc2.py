@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 
+from modellink.argument_errors import ArgumentError
+
 
 def hccl_comm_name(group: dist.ProcessGroup) -> str:
     """The HCCL communicator handle the MC2 kernels address the group by."""
@@ -97,7 +99,7 @@ class _MatmulReduceScatter(torch.autograd.Function):
 
 def _require_sequence_parallel(layer: torch.nn.Module) -> None:
     if not layer.sequence_parallel:
-        raise ValueError("--use-mc2 needs --sequence-parallel with tensor parallelism")
+        raise ArgumentError("--use-mc2 needs --sequence-parallel with tensor parallelism")
 
 
 class MC2ColumnParallelLinear(ColumnParallelLinear):

@@ -52,9 +52,12 @@ def _single_rank_identity(original: Callable) -> Callable:
 
 def forward_only_patches() -> List[Patch]:
     reason = "megatron-core wraps no-grad forwards in autograd Functions (~25 us a call)"
-    return [Patch(_LAYERS + name, wrapper, reason, wraps=True) for name, wrapper in (
-        ("linear_with_frozen_weight", _frozen_linear),
-        ("copy_to_tensor_model_parallel_region", _copy_to_region),
-        ("reduce_from_tensor_model_parallel_region", _single_rank_identity),
-        ("gather_from_tensor_model_parallel_region", _single_rank_identity),
+    region = ("input_", "group")
+    return [Patch(_LAYERS + name, wrapper, reason, wraps=True, params=params)
+            for name, wrapper, params in (
+        ("linear_with_frozen_weight", _frozen_linear,
+         ("input", "weight", "bias", "sequence_parallel")),
+        ("copy_to_tensor_model_parallel_region", _copy_to_region, region),
+        ("reduce_from_tensor_model_parallel_region", _single_rank_identity, region),
+        ("gather_from_tensor_model_parallel_region", _single_rank_identity, region),
     )]

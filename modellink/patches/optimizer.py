@@ -41,9 +41,9 @@ def optimizer_patches() -> List[Patch]:
     return [
         Patch("megatron.core.optimizer.distrib_optimizer.DistributedOptimizer.load_state_dict",
               _unshare_steps, "a resumed torch AdamW would share one step tensor across params",
-              wraps=True),
+              wraps=True, params=("self", "state_dict")),
         Patch("megatron.core.optimizer.distrib_optimizer.DistributedOptimizer."
               "_set_main_param_and_optimizer_states", _keep_unsaved_states,
               "loading distributed-optimizer state with torch's AdamW fails on its 'step' key",
-              wraps=True),
+              wraps=True, params=("self", "model_param", "tensors")),
     ]

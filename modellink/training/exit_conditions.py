@@ -45,10 +45,13 @@ class ExitMonitor:
         if not self.active:
             return None
         timed_out = self._deadline is not None and time.time() >= self._deadline
-        flags = torch.tensor([int(self._signalled), int(timed_out)], dtype=torch.int32)
+        # On the device: NCCL and HCCL serve the default group and refuse host tensors.
+        flags = torch.tensor([int(self._signalled), int(timed_out)], dtype=torch.int32,
+                             device=torch.cuda.current_device())
         torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-        if flags[0]:
+        signalled, timed_out = flags.tolist()  # one device-to-host copy, not one per flag
+        if signalled:
             return "SIGTERM"
-        if flags[1]:
+        if timed_out:
             return "--exit-duration-in-mins"
         return None

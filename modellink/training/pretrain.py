@@ -7,14 +7,14 @@ from typing import Any, List, Optional, Sequence
 
 import torch
 
-from modellink.arguments import ArgumentError, parse_args
+from modellink.arguments import ArgumentError, parse_args, validate_training_run
 from modellink.data.tokenizers import build_tokenizer
 from modellink.models.gpt import transformer_config_from_args
 from modellink.models.layer_spec import operator_paths
 from modellink.models.lora import lora_enabled
 from modellink.training.checkpointing import load_checkpoint
 from modellink.training.components import build_model, build_optimizer, build_scheduler
-from modellink.training.data import build_datasets, build_iterator
+from modellink.training.data import build_datasets, build_iterator, check_data_files
 from modellink.training.initialize import initialize, shutdown
 from modellink.training.loop import TrainState, configure_model_hooks, save, train
 from modellink.training.replica import log_memory_account
@@ -51,8 +51,10 @@ def _iterators(dataset: Any, args: argparse.Namespace, consumed: int, chunks: in
 
 def _log_setup(args: argparse.Namespace, model: List[torch.nn.Module]) -> None:
     params = [p for chunk in model for p in chunk.parameters()]
+    # On the device: NCCL and HCCL serve the default group and refuse host tensors.
     local = torch.tensor([sum(p.numel() for p in params),
-                          sum(p.numel() for p in params if p.requires_grad)])
+                          sum(p.numel() for p in params if p.requires_grad)],
+                         device=torch.cuda.current_device())
     torch.distributed.all_reduce(local)  # replicas count once per data-parallel copy
     if torch.distributed.get_rank() != 0:
         return
@@ -63,6 +65,8 @@ def _log_setup(args: argparse.Namespace, model: List[torch.nn.Module]) -> None:
           f"VPP {args.virtual_pipeline_model_parallel_size or 1}), "
           f"micro-batches per step {args.num_microbatches}", flush=True)
     print(f"modellink: operators: {operator_paths(args, args.device)}", flush=True)
+    for note in args.compatibility_notes:
+        print(f"modellink: {note}", flush=True)
     print(f"modellink: parameters ~{total / 1e6:.2f}M (summed over model-parallel shards)",
           flush=True)
     if lora_enabled(args):
@@ -79,6 +83,8 @@ def _log_setup(args: argparse.Namespace, model: List[torch.nn.Module]) -> None:
 def pretrain(argv: Optional[Sequence[str]] = None) -> TrainState:
     start_time = time.time()  # --exit-duration-in-mins counts set-up time too, as Megatron-LM
     args = parse_args(argv)
+    validate_training_run(args)
+    check_data_files(args)
     tokenizer = _training_tokenizer(args)
     args.padded_vocab_size = padded_vocab_size(tokenizer.vocab_size, args)
     backend = initialize(args)

@@ -108,7 +108,11 @@ def restore_from_replica(optimizer: Any, source_instance: int) -> None:
     group = parallel_state.get_inter_distributed_optimizer_instance_group()
     source = torch.distributed.get_global_rank(group, source_instance)
     for tensor in _shard_tensors(optimizer):
-        torch.distributed.broadcast(tensor, source, group=group)
+        # torch's Adam keeps `step` in host memory, which NCCL/HCCL refuse: send a device copy.
+        on_device = tensor.to(torch.cuda.current_device())
+        torch.distributed.broadcast(on_device, source, group=group)
+        if on_device is not tensor:
+            tensor.copy_(on_device)
     for opt in _distributed_optimizers(optimizer):
         # Weights in 16-bit are copies of the fp32 main params: refresh this rank's slice.
         if opt.config.fp16 or opt.config.bf16:

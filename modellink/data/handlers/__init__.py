@@ -2,6 +2,7 @@
 
 from typing import Dict, Type
 
+from modellink.argument_errors import ArgumentError
 from modellink.data.handlers.base import IGNORE_INDEX, Handler, HandlerOptions, Outcome, Skip
 from modellink.data.handlers.instruction import (
     AlpacaStyleInstructionHandler,
@@ -26,7 +27,7 @@ def get_handler_class(name: str) -> Type[Handler]:
     try:
         return HANDLERS[name]
     except KeyError:
-        raise ValueError(f"unknown --handler-name {name!r}; known: {', '.join(HANDLERS)}") from None
+        raise ArgumentError(f"unknown --handler-name {name!r}; known: {', '.join(HANDLERS)}") from None
 
 
 __all__ = ["HANDLERS", "IGNORE_INDEX", "Handler", "HandlerOptions", "Outcome", "Skip", "get_handler_class"]

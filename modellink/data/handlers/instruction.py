@@ -7,6 +7,7 @@ modellink.data.packing). Outputs: ``<prefix>_packed_{input_ids,attention_mask,la
 
 from typing import Any, List, Mapping, Sequence, Tuple
 
+from modellink.argument_errors import ArgumentError
 from modellink.data.conversations import (
     Conversation,
     alpaca_columns,
@@ -39,7 +40,7 @@ class ConversationHandler(Handler):
         super().__init__(tokenizer, options)
         prompt_type = options.prompt_type or self.default_prompt_type
         if prompt_type is None:
-            raise ValueError(f"{type(self).__name__} needs --prompt-type")
+            raise ArgumentError(f"{type(self).__name__} needs --prompt-type")
         self.template = get_template(prompt_type)
 
     @property

@@ -2,6 +2,7 @@
 
 import argparse
 
+from modellink.argument_errors import ArgumentError
 from modellink.data.tokenizers.base import Tokenizer
 from modellink.data.tokenizers.hf import load_gpt2_bpe, load_pretrained
 from modellink.data.tokenizers.null import NullTokenizer
@@ -18,7 +19,7 @@ def build_tokenizer(args: argparse.Namespace) -> Tokenizer:
     use_fast = not getattr(args, "tokenizer_not_use_fast", False)
     padding_side = getattr(args, "tokenizer_padding_side", "right")
     if kind is None:
-        raise ValueError("--tokenizer-type is required")
+        raise ArgumentError("--tokenizer-type is required")
     if kind == "PretrainedFromHF":
         return load_pretrained(getattr(args, "tokenizer_name_or_path", None), "--tokenizer-name-or-path",
                                use_fast, padding_side)
@@ -35,4 +36,4 @@ def build_tokenizer(args: argparse.Namespace) -> Tokenizer:
         return GPTSentencePieceTokenizer(getattr(args, "tokenizer_model", None))
     if kind == "NullTokenizer":
         return NullTokenizer(getattr(args, "vocab_size", None))
-    raise ValueError(f"unknown --tokenizer-type {kind!r}")
+    raise ArgumentError(f"unknown --tokenizer-type {kind!r}")

@@ -4,6 +4,7 @@ and GPT2BPETokenizer (a GPT-2 byte-level BPE built from vocab.json + merges.txt)
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
+from modellink.argument_errors import ArgumentError
 from modellink.data.tokenizers.base import Tokenizer
 
 
@@ -18,7 +19,7 @@ class HFTokenizer(Tokenizer):
     def __init__(self, hf_tokenizer: Any, source: str) -> None:
         self.hf_tokenizer = hf_tokenizer
         if hf_tokenizer.eos_token_id is None:
-            raise ValueError(f"tokenizer {source} has no eos token, which is needed as end-of-document")
+            raise ArgumentError(f"tokenizer {source} has no eos token, which is needed as end-of-document")
         self._vocab: Dict[str, int] = hf_tokenizer.get_vocab()
         self._vocab_size = max(len(hf_tokenizer), max(self._vocab.values()) + 1)
         self._backend = _direct_backend(hf_tokenizer)
@@ -79,16 +80,16 @@ def _direct_backend(hf_tokenizer: Any) -> Any:
 def load_pretrained(path: Optional[str], flag: str, use_fast: bool, padding_side: str) -> HFTokenizer:
     """Loads a local Hugging Face tokenizer folder; never downloads."""
     if not path:
-        raise ValueError(f"{flag} is required for this --tokenizer-type (a local tokenizer folder)")
+        raise ArgumentError(f"{flag} is required for this --tokenizer-type (a local tokenizer folder)")
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{flag} {path}: no such tokenizer folder")
+        raise ArgumentError(f"{flag} {path}: no such tokenizer folder")
     from transformers import AutoTokenizer
 
     try:
         hf_tokenizer = AutoTokenizer.from_pretrained(
             path, use_fast=use_fast, padding_side=padding_side, local_files_only=True)
     except (OSError, ValueError, TypeError, KeyError) as err:
-        raise ValueError(f"cannot load a Hugging Face tokenizer from {path}: {err}") from None
+        raise ArgumentError(f"cannot load a Hugging Face tokenizer from {path}: {err}") from None
     return HFTokenizer(hf_tokenizer, path)
 
 
@@ -97,17 +98,17 @@ def load_gpt2_bpe(vocab_file: Optional[str], merge_file: Optional[str]) -> HFTok
     files = (("--vocab-file", vocab_file), ("--merge-file", merge_file))
     for flag, path in files:
         if not path:
-            raise ValueError(f"GPT2BPETokenizer needs {flag}")
+            raise ArgumentError(f"GPT2BPETokenizer needs {flag}")
     for flag, path in files:
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{flag} {path}: no such file")
+            raise ArgumentError(f"{flag} {path}: no such file")
     from transformers import GPT2TokenizerFast
 
     try:
         # Positional: the keyword names differ between transformers 4 and 5.
         hf_tokenizer = GPT2TokenizerFast(vocab_file, merge_file)
     except (OSError, ValueError, TypeError, KeyError) as err:
-        raise ValueError(f"cannot build GPT2BPETokenizer from {vocab_file} / {merge_file}: {err}") from None
+        raise ArgumentError(f"cannot build GPT2BPETokenizer from {vocab_file} / {merge_file}: {err}") from None
     if "<|endoftext|>" not in hf_tokenizer.get_vocab():
-        raise ValueError(f"--vocab-file {vocab_file} has no '<|endoftext|>' token (GPT-2's end-of-document)")
+        raise ArgumentError(f"--vocab-file {vocab_file} has no '<|endoftext|>' token (GPT-2's end-of-document)")
     return HFTokenizer(hf_tokenizer, vocab_file)

@@ -2,6 +2,7 @@
 
 from typing import List, Sequence
 
+from modellink.argument_errors import ArgumentError
 from modellink.data.tokenizers.base import Tokenizer
 
 
@@ -10,7 +11,7 @@ class NullTokenizer(Tokenizer):
 
     def __init__(self, vocab_size: int) -> None:
         if vocab_size is None or vocab_size < 1:
-            raise ValueError("NullTokenizer needs --vocab-size (a positive integer)")
+            raise ArgumentError("NullTokenizer needs --vocab-size (a positive integer)")
         self._vocab_size_without_eod = int(vocab_size)
 
     @property

@@ -10,21 +10,22 @@
 import os
 from typing import Dict, List, Optional, Sequence
 
+from modellink.argument_errors import ArgumentError
 from modellink.data.tokenizers.base import Tokenizer
 
 
 def _load_processor(model_file: Optional[str]):
     if not model_file:
-        raise ValueError("--tokenizer-model (a sentencepiece .model file) is required for this --tokenizer-type")
+        raise ArgumentError("--tokenizer-model (a sentencepiece .model file) is required for this --tokenizer-type")
     if not os.path.isfile(model_file):
-        raise FileNotFoundError(f"--tokenizer-model {model_file}: no such file")
+        raise ArgumentError(f"--tokenizer-model {model_file}: no such file")
     import sentencepiece
 
     processor = sentencepiece.SentencePieceProcessor()
     try:
         processor.Load(model_file)
     except (OSError, RuntimeError) as err:
-        raise ValueError(f"cannot load sentencepiece model {model_file}: {err}") from None
+        raise ArgumentError(f"cannot load sentencepiece model {model_file}: {err}") from None
     return processor
 
 

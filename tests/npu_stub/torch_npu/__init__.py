@@ -164,7 +164,8 @@ def npu_all_gather_base_mm(input: torch.Tensor, x2: torch.Tensor, hcom: str, wor
     group = _check_mc2(input, x2, hcom, world_size, bias, comm_turn)
     assert gather_index == 0
     _record("npu_all_gather_base_mm", input=tuple(input.shape), x2=tuple(x2.shape))
-    gathered = torch.empty((input.shape[0] * world_size, input.shape[1]), dtype=input.dtype)
+    gathered = torch.empty((input.shape[0] * world_size, input.shape[1]), dtype=input.dtype,
+                           device=input.device)
     dist.all_gather_into_tensor(gathered, input, group=group)
     return gathered @ x2, gathered if gather_output else torch.empty(0, dtype=input.dtype)
 
@@ -177,6 +178,7 @@ def npu_mm_reduce_scatter_base(input: torch.Tensor, x2: torch.Tensor, hcom: str,
     assert reduce_op == "sum" and input.shape[0] % world_size == 0
     _record("npu_mm_reduce_scatter_base", input=tuple(input.shape), x2=tuple(x2.shape))
     full = (input @ x2).contiguous()
-    out = torch.empty((full.shape[0] // world_size, full.shape[1]), dtype=full.dtype)
+    out = torch.empty((full.shape[0] // world_size, full.shape[1]), dtype=full.dtype,
+                      device=full.device)
     dist.reduce_scatter_tensor(out, full, group=group)
     return out
