@@ -171,10 +171,7 @@ def test_human_eval_runs_code_in_a_subprocess_with_a_time_limit(tmp_path):
     start = time.monotonic()
     result = score("human_eval", Oracle(solutions), questions, timeout=2.0)
     assert result.correct == 1 and result.total == 2
-    assert time.monotonic() - start < 20
-    escape = {"def f0(x)": "    import socket\n    socket.create_connection(('1.1.1.1', 80))\n",
-              "def f1(x)": "    import os\n    os.system('true')\n    return x + 1\n"}
-    assert score("human_eval", Oracle(escape), questions, timeout=5.0).correct == 0
+    assert time.monotonic() - start < 20  # escapes are tests/test_evaluation_sandbox.py's
 
 
 @pytest.mark.parametrize("task", ["mmlu", "ceval", "agieval", "boolq", "gsm8k", "bbh",

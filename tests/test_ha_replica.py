@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 
+import psutil
 import pytest
 import torch
 
@@ -166,3 +168,48 @@ def test_nan_guard_saves_dying_gasp_of_last_good_iteration(tmp_path):
     state = torch.load(ckpt / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt",
                        weights_only=False)
     assert state["dying_gasp"] == "exception: NonFiniteError"
+
+
+def test_sigkill_of_one_rank_loses_at_most_the_step_in_flight(straight, tmp_path):
+    """Rank 0 is SIGKILLed mid-run; torchrun SIGTERMs rank 1, which writes the dying gasp of
+    the last completed iteration from memory (instance 0's optimizer file from its replica).
+    The restarted job (the same command) resumes from it identically."""
+    ckpt = str(tmp_path / "ckpt")
+    args = REPLICA + ["--save", ckpt, "--load", ckpt]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
+               MODELLINK_CPU_THREADS="1", PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
+           f"--master-port={_free_port()}", str(ROOT / "tests" / "launch_pretrain.py"), *args]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    log, completed = [], 0
+    for line in proc.stdout:
+        log.append(line)
+        if "iteration        1/" in line:
+            break
+    victim = [p for p in psutil.Process(proc.pid).children()
+              if p.environ().get("LOCAL_RANK") == "0"]
+    assert len(victim) == 1, "".join(log)
+    victim[0].kill()
+    killed = time.perf_counter()
+    published = None
+    for line in proc.stdout:
+        log.append(line)
+        if published is None and "saved dying-gasp checkpoint" in line:
+            published = time.perf_counter() - killed
+    proc.wait(timeout=60)
+    text = "".join(log)
+    completed = max(int(line.split("iteration")[1].split("/")[0]) for line in log
+                    if "lm loss:" in line)
+    assert proc.returncode != 0 and published is not None, text[-6000:]
+    saved = int((tmp_path / "ckpt" / "latest_checkpointed_iteration.txt").read_text())
+    assert saved >= completed  # every step rank 1 logged as done is in it
+    print(f"SIGKILL of rank 0 in iteration {completed + 1}: dying gasp of iteration "
+          f"{saved} published {published:.2f} s after the kill")
+    resumed_run = run_ranks(args, nproc=2, history=tmp_path / "resumed.json")
+    assert resumed_run.returncode == 0, resumed_run.stderr[-4000:]
+    assert "resuming from a dying-gasp checkpoint" in resumed_run.stdout + resumed_run.stderr
+    resumed = json.loads((tmp_path / "resumed.json").read_text())
+    assert resumed["iteration"] == list(range(saved + 1, ITERS + 1))
+    assert resumed["loss"] == straight["loss"][saved:]
+    assert resumed["grad_norm"] == straight["grad_norm"][saved:]

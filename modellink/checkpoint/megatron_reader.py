@@ -16,18 +16,13 @@ from modellink.checkpoint.layout import ParallelLayout, layout_from_args
 from modellink.checkpoint.mappings import FINAL_NORM, OUTPUT, Group, ModelShape
 from modellink.checkpoint.megatron_writer import MODEL_FILENAME, TRACKER_FILENAME
 from modellink.checkpoint.rules import AttentionShape
+from modellink.checkpoint.safe_load import load_pt
 from modellink.checkpoint.shard import merge, split_expert_name
 from modellink.ops.activations import gated_mlp
 
 
 def _load(path: str) -> Dict[str, Any]:
-    try:
-        # Megatron checkpoints pickle the argparse namespace, so weights_only loading refuses
-        # them: load only checkpoints you trust, as with Megatron-LM.
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ConversionError(f"corrupt checkpoint file {path}: "
-                              f"{type(exc).__name__}: {exc}") from None
+    return load_pt(path, ConversionError)
 
 
 class MegatronSource:
@@ -58,7 +53,7 @@ class MegatronSource:
                                      or self.args.hidden_size // self.args.num_attention_heads),
             num_experts=getattr(self.args, "num_experts", None),
             tied=not self.args.untie_embeddings_and_output_weights,
-            vocab_size=self._vocab_size(),
+            vocab_size=self.recorded_vocab_size() or self.args.padded_vocab_size,
         )
         self.gated = gated_mlp(self.args)
         self._stage: Optional[int] = None
@@ -79,13 +74,14 @@ class MegatronSource:
         return os.path.join(self.iter_dir, self.layout.rank_dir(tp_rank, stage, ep_rank),
                             MODEL_FILENAME)
 
-    def _vocab_size(self) -> int:
-        """The unpadded vocabulary: from the HF config it came from, the NullTokenizer size,
-        or else the padded size itself."""
+    def recorded_vocab_size(self) -> Optional[int]:
+        """The unpadded vocabulary, where the checkpoint records it: from the HF config it
+        came from, or the NullTokenizer size (else the padded size stands in for it)."""
         hf_config = getattr(self.args, "hf_config", None)
         if hf_config:
             return int(hf_config["vocab_size"])
-        return int(getattr(self.args, "vocab_size", None) or self.args.padded_vocab_size)
+        vocab = getattr(self.args, "vocab_size", None)
+        return int(vocab) if vocab else None
 
     def _load_rank(self, tp_rank: int, stage: int, ep_rank: int) -> Dict[str, Any]:
         return _load(self._path(tp_rank, stage, ep_rank))

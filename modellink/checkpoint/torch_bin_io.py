@@ -1,22 +1,21 @@
 """pytorch_model*.bin checkpoints (Baichuan2 and InternLM2 publish only these), read with the
 same interface as SafetensorsReader.
 
-torch.load with mmap=True and weights_only=True maps each file's storages instead of reading
-them and runs no pickled code; a session loads each file it touches once, and its tensors view
+`load_pt` (torch.load with mmap=True and weights_only=True) maps each file's storages instead
+of reading them and runs no pickled code; a session loads each file it touches once, and its tensors view
 the mapped pages, as safetensors reads do.
 """
 from __future__ import annotations
 
 import json
 import os
-import pickle
-import zipfile
 from contextlib import contextmanager
 from typing import Callable, Dict, Iterator, Union
 
 import torch
 
 from modellink.checkpoint.errors import ConversionError
+from modellink.checkpoint.safe_load import load_pt
 from modellink.checkpoint.safetensors_io import INDEX_FILENAME, SINGLE_FILENAME, SafetensorsReader
 
 BIN_INDEX_FILENAME = "pytorch_model.bin.index.json"
@@ -24,11 +23,7 @@ BIN_SINGLE_FILENAME = "pytorch_model.bin"
 
 
 def _load(path: str) -> Dict[str, torch.Tensor]:
-    try:
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except (OSError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
-        raise ConversionError(f"unreadable checkpoint file {path}: "
-                              f"{str(exc).splitlines()[0]}") from None
+    return load_pt(path, ConversionError, mmap=True)
 
 
 class TorchBinReader:

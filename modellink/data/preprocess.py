@@ -23,16 +23,17 @@ from modellink.data.merge import merge_datasets
 from modellink.data.packing import pack_dataset
 from modellink.data.preprocess_args import build_parser, validate_args
 from modellink.data.progress import Progress, logger
-from modellink.data.readers import Chunk, LineChunk, discover_inputs, plan_chunks
+from modellink.data.readers import Chunk, LineChunk, discover_inputs, max_chunks, plan_chunks
 from modellink.data.tokenizers import build_tokenizer
 from modellink.data.worker import ChunkProcessor, ChunkResult, WorkerConfig, init_worker, process_in_worker
 from modellink.data.writer import DatasetWriter, check_outputs_free
+from modellink.user_error import UserError
 
 DEFAULT_PACK_SEED = 1234
 IN_FLIGHT_PER_WORKER = 2
 
 
-class PreprocessError(ValueError):
+class PreprocessError(UserError, ValueError):
     """Bad input found while processing; the message names the file and line."""
 
 
@@ -102,6 +103,7 @@ def run(args: argparse.Namespace) -> List[str]:
         keep_newlines=args.keep_newlines)
     handler = get_handler_class(args.handler_name)(tokenizer, options)
     files = discover_inputs(args.input)
+    _cap_workers(args, files)
     prefixes = {k: f"{args.output_prefix}{handler.prefix_suffix}_{k}_{handler.level}" for k in handler.output_keys}
     check_outputs_free(prefixes.values(), args.overwrite)
     dtype = DType.optimal_dtype(tokenizer.vocab_size) if handler.vocab_dtype else np.int32
@@ -136,6 +138,18 @@ def run(args: argparse.Namespace) -> List[str]:
     return outputs
 
 
+def _cap_workers(args: argparse.Namespace, files: List[str]) -> None:
+    """More workers than CPUs or chunks only add processes (each loads a tokenizer); thousands
+    of them exhaust memory and hang the run."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    chunks = max_chunks(files)
+    useful = min(args.workers, cpus, chunks or args.workers)
+    if useful < args.workers:
+        logger.info("--workers %d capped to %d (CPUs available: %d, input chunks at most: %s)",
+                    args.workers, useful, cpus, chunks or "unknown")
+        args.workers = useful
+
+
 def _tokenizer_args(args: argparse.Namespace) -> argparse.Namespace:
     """Just the tokenizer flags, so what is sent to workers stays small and picklable."""
     names = ("tokenizer_type", "tokenizer_name_or_path", "tokenizer_model", "vocab_file", "merge_file",
@@ -148,5 +162,5 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (ValueError, OSError) as err:
+    except (UserError, OSError) as err:
         sys.exit(f"preprocess_data.py: error: {err}")

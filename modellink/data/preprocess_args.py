@@ -5,9 +5,11 @@ import json
 import os
 from typing import Any, Dict
 
+from modellink.argument_errors import ArgumentError
 from modellink.data.handlers import HANDLERS, get_handler_class
 from modellink.data.templates import TEMPLATES
 from modellink.data.tokenizers import add_tokenizer_arguments
+from modellink.writable import writable_dir_problem
 
 
 def _json_object(text: str) -> Dict[str, Any]:
@@ -84,7 +86,10 @@ def validate_args(args: argparse.Namespace) -> None:
     """Raises ValueError for a flag that has no effect or a missing one, naming it."""
     out_dir = os.path.dirname(os.path.abspath(args.output_prefix))
     if not os.path.isdir(out_dir):
-        raise ValueError(f"--output-prefix: folder {out_dir} does not exist")
+        raise ArgumentError(f"--output-prefix: folder {out_dir} does not exist")
+    problem = writable_dir_problem(out_dir)
+    if problem:
+        raise ArgumentError(f"--output-prefix {args.output_prefix}: {problem}")
     if args.merge_group_keys is not None:
         return
     handler = get_handler_class(args.handler_name)
@@ -103,8 +108,9 @@ def validate_args(args: argparse.Namespace) -> None:
     _reject(args.seed is not None and not args.pack,
             "--seed only orders packed sequences; it needs --pack")
     _reject(args.seq_length is not None and args.seq_length < 2, "--seq-length must be at least 2")
+    _reject(args.seed is not None and args.seed < 0, f"--seed must be >= 0, got {args.seed}")
 
 
 def _reject(condition: bool, message: str) -> None:
     if condition:
-        raise ValueError(message)
+        raise ArgumentError(message)

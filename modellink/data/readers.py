@@ -12,8 +12,9 @@ import io
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, List, Tuple, Union
+from typing import Any, Iterator, List, Optional, Tuple, Union
 
+from modellink.argument_errors import ArgumentError
 from modellink.data.records import InvalidRecord
 
 FORMATS = {".jsonl": "jsonl", ".json": "json", ".txt": "txt", ".csv": "csv", ".parquet": "parquet",
@@ -51,15 +52,27 @@ def discover_inputs(path: str) -> List[str]:
     """``path`` itself, or the supported data files directly inside the folder ``path`` (sorted)."""
     if os.path.isfile(path):
         if _format(path) is None:
-            raise ValueError(f"--input {path}: unsupported file type; supported: {', '.join(FORMATS)}")
+            raise ArgumentError(f"--input {path}: unsupported file type; supported: {', '.join(FORMATS)}")
         return [path]
     if os.path.isdir(path):
         files = sorted(os.path.join(path, n) for n in os.listdir(path)
                        if not n.startswith(".") and _format(n) and os.path.isfile(os.path.join(path, n)))
         if not files:
-            raise ValueError(f"--input {path}: no {', '.join(FORMATS)} files in this folder")
+            raise ArgumentError(f"--input {path}: no {', '.join(FORMATS)} files in this folder")
         return files
-    raise FileNotFoundError(f"--input {path}: no such file or folder")
+    raise ArgumentError(f"--input {path}: no such file or folder")
+
+
+def max_chunks(files: List[str]) -> Optional[int]:
+    """At most how many chunks `plan_chunks` yields, when that is known without reading: line
+    files are cut every LINE_CHUNK_BYTES; record files (.json may be an array) depend on their
+    record count (None)."""
+    total = 0
+    for path in files:
+        if _format(path) not in ("jsonl", "txt"):
+            return None
+        total += max(1, -(-os.path.getsize(path) // LINE_CHUNK_BYTES))
+    return total
 
 
 def _format(path: str) -> str:
@@ -154,7 +167,7 @@ def _json_array_records(path: str) -> Iterator[Tuple[Any, int, int]]:
 
         skip_space()
         if buf[pos:pos + 1] != "[":
-            raise ValueError(f"{path}: expected a JSON array")
+            raise ArgumentError(f"{path}: expected a JSON array")
         pos += 1
         skip_space()
         if buf[pos:pos + 1] == "]":
@@ -165,7 +178,7 @@ def _json_array_records(path: str) -> Iterator[Tuple[Any, int, int]]:
             except json.JSONDecodeError as err:
                 if refill():
                     continue
-                raise ValueError(f"{path}:{line}: malformed JSON array: {err.msg}") from None
+                raise ArgumentError(f"{path}:{line}: malformed JSON array: {err.msg}") from None
             start_line = line
             line += buf.count("\n", pos, end)
             pos = end
@@ -179,7 +192,7 @@ def _json_array_records(path: str) -> Iterator[Tuple[Any, int, int]]:
             if separator == "]":
                 return
             if separator != ",":
-                raise ValueError(f"{path}:{line}: malformed JSON array: expected ',' or ']'")
+                raise ArgumentError(f"{path}:{line}: malformed JSON array: expected ',' or ']'")
             skip_space()
 
 
@@ -198,7 +211,7 @@ def _arrow_records(path: str, fmt: str) -> Iterator[Tuple[Any, int, int]]:
         import pyarrow.ipc
         import pyarrow.parquet
     except ImportError:
-        raise ValueError(f"reading {fmt} input ({path}) needs the 'pyarrow' package, which is not installed") from None
+        raise ArgumentError(f"reading {fmt} input ({path}) needs the 'pyarrow' package, which is not installed") from None
     size = os.path.getsize(path)
     if fmt == "parquet":
         parquet = pyarrow.parquet.ParquetFile(path)

@@ -28,9 +28,7 @@ class ModelLinkLM:
         if has_template and not args.no_chat_template and self.format.template is None:
             self.format = dataclasses.replace(self.format, hf_chat_template=True)
         self.chat = self.format.hf_chat_template or self.format.template is not None
-        sampled = not args.greedy and (args.top_k > 0 or 0 < args.top_p < 1 or
-                                       args.temperature != 1.0)
-        self.config = GenerationConfig.from_args(args, do_sample=sampled,
+        self.config = GenerationConfig.from_args(args, do_sample=args.sample_replies,
                                                  stop_token_ids=self.format.stop_ids())
 
     def _encode_prompt(self, text: str) -> List[int]:

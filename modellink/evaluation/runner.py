@@ -7,6 +7,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from modellink.argument_errors import ArgumentError
 from modellink.evaluation.arguments import LM_EVAL_PREFIX, parse_evaluation_args
 from modellink.evaluation.benchmarks import load_questions
 from modellink.evaluation.lm import ModelLinkLM
@@ -25,7 +26,7 @@ def run(argv: Optional[Sequence[str]] = None) -> List[TaskResult]:
     args = parse_evaluation_args(argv)
     harness = [t[len(LM_EVAL_PREFIX):] for t in args.task if t.startswith(LM_EVAL_PREFIX)]
     if harness and importlib.util.find_spec("lm_eval") is None:
-        raise ValueError("--task lm_eval:... needs the lm-eval package (pip install lm-eval)")
+        raise ArgumentError("--task lm_eval:... needs the lm-eval package (pip install lm-eval)")
     # Read every benchmark first: a folder in the wrong layout fails before the model loads.
     paths = iter(args.task_data_path)
     questions = {task: load_questions(task, next(paths), args.eval_language,
@@ -40,7 +41,8 @@ def run(argv: Optional[Sequence[str]] = None) -> List[TaskResult]:
                 results.append(perplexity(lm, args))
             elif task in questions:
                 results.append(score(task, lm, questions[task], args.evaluation_batch_size,
-                                     args.max_new_tokens, args.human_eval_timeout))
+                                     args.max_new_tokens, args.human_eval_timeout,
+                                     args.unsafe_run_generated_code))
             else:
                 continue
             _print(results[-1].table() + "\n")

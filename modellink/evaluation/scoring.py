@@ -72,8 +72,10 @@ CHECKERS: Dict[str, Callable[[str, str], bool]] = {
 
 
 def score(task: str, model: EvalModel, questions: Sequence, batch_size: int = 1,
-          max_new_tokens: int = 256, timeout: float = 5.0) -> TaskResult:
-    """Right / wrong per question, summed per subject."""
+          max_new_tokens: int = 256, timeout: float = 5.0,
+          allow_unisolated: bool = False) -> TaskResult:
+    """Right / wrong per question, summed per subject; HumanEval programs run in the sandbox
+    (unisolated only when `allow_unisolated` and the OS has no isolation)."""
     result = TaskResult(task)
     if questions and isinstance(questions[0], ChoiceQuestion):
         answers = answer_choices(model, questions, batch_size, max_new_tokens)
@@ -81,7 +83,8 @@ def score(task: str, model: EvalModel, questions: Sequence, batch_size: int = 1,
     elif questions and isinstance(questions[0], CodeProblem):
         completions = answer_generation(model, questions, batch_size, max_new_tokens)
         outcomes = [run_program(f"{q.prompt}{c}\n\n{q.test}\n\ncheck({q.entry_point})\n",
-                                timeout).passed for q, c in zip(questions, completions)]
+                                timeout, allow_unisolated).passed
+                    for q, c in zip(questions, completions)]
     else:
         replies = answer_generation(model, questions, batch_size, max_new_tokens)
         outcomes = [CHECKERS[task](r, q.reference) for q, r in zip(questions, replies)]

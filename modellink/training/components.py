@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import List
+import sys
+from typing import Any, Dict, List
 
 import torch
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
@@ -11,6 +12,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.transformer.module import Float16Module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from modellink.argument_errors import ArgumentError
 from modellink.models.gpt import build_model_chunks
 from modellink.models.init import init_layout_independent
 from modellink.models.lora import lora_enabled, prepare_for_training
@@ -92,4 +94,61 @@ def build_scheduler(args: argparse.Namespace, optimizer: MegatronOptimizer
         wd_incr_style=args.weight_decay_incr_style,
         wsd_decay_steps=wsd_iters * gbs,
         lr_wsd_decay_style=args.lr_wsd_decay_style,
+        use_checkpoint_opt_param_scheduler=args.use_checkpoint_opt_param_scheduler,
+        override_opt_param_scheduler=args.override_opt_param_scheduler,
     )
+
+
+# Each scheduler state entry (with the names older Megatron-LM checkpoints used for it first)
+# and the flags it comes from; its steps count samples: iterations x --global-batch-size.
+_SCHEDULE_ENTRIES = {
+    "max_lr": ("--lr", ("start_lr",)),
+    "min_lr": ("--min-lr", ()),
+    "lr_warmup_steps": ("--lr-warmup-iters/--lr-warmup-fraction", ("warmup_iter", "warmup_steps")),
+    "lr_decay_steps": ("--lr-decay-iters, default --train-iters", ("end_iter", "decay_steps")),
+    "lr_decay_style": ("--lr-decay-style", ("decay_style",)),
+    "start_wd": ("--start-weight-decay", ()),
+    "end_wd": ("--end-weight-decay", ()),
+    "wd_incr_steps": ("--train-iters", ()),
+    "wd_incr_style": ("--weight-decay-incr-style", ()),
+}
+
+
+def _schedule_changes(scheduler: OptimizerParamScheduler, saved: Dict[str, Any]) -> List[str]:
+    now = scheduler.state_dict()
+    changes = []
+    for key, (flags, old_names) in _SCHEDULE_ENTRIES.items():
+        found = [saved[name] for name in old_names + (key,) if name in saved]
+        if found and found[0] != now[key]:
+            changes.append(f"{key} {found[0]} -> {now[key]} ({flags})")
+    return changes
+
+
+def resume_scheduler(args: argparse.Namespace, scheduler: OptimizerParamScheduler,
+                     saved: Dict[str, Any], where: str) -> None:
+    """Megatron-LM's resume rules for a schedule the flags change: --override-opt_param-scheduler
+    follows the flags, --use-checkpoint-opt_param-scheduler keeps the checkpoint's, and without
+    either it is an error (megatron-core asserts; keeping it silently is how a run resumed with a
+    larger --train-iters trained at --min-lr). Either way the step count is the checkpoint's."""
+    changes = _schedule_changes(scheduler, saved)
+    if changes and not (args.override_opt_param_scheduler
+                        or args.use_checkpoint_opt_param_scheduler):
+        raise ArgumentError(f"{where}: these flags change the checkpoint's learning-rate "
+                            f"schedule ({'; '.join(changes)}; steps are samples): pass "
+                            f"--override-opt_param-scheduler to follow the flags or "
+                            f"--use-checkpoint-opt_param-scheduler to keep the checkpoint's")
+    scheduler.load_state_dict(saved)
+    if not changes or torch.distributed.get_rank() != 0:
+        return
+    if args.override_opt_param_scheduler:
+        print(f"modellink: following this run's learning-rate schedule, not the checkpoint's "
+              f"(--override-opt_param-scheduler): {'; '.join(changes)}", flush=True)
+        return
+    note = ""
+    end = scheduler.lr_decay_steps // args.global_batch_size
+    if scheduler.lr_decay_style != "constant" and end < args.train_iters:
+        note = (f"; its decay ends at iteration {end}: the learning rate is --min-lr "
+                f"{scheduler.min_lr} from iteration {end + 1} on")
+    print(f"WARNING: keeping the checkpoint's learning-rate schedule "
+          f"(--use-checkpoint-opt_param-scheduler), not these flags': {'; '.join(changes)}{note}",
+          file=sys.stderr, flush=True)

@@ -3,8 +3,10 @@ and BlendedMegatronDatasetBuilder, served per data-parallel rank by the pretrain
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
-from typing import Any, Iterator, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy
 import torch
@@ -27,9 +29,10 @@ from modellink.training.instruction_data import (
     rows_longer_than,
 )
 from modellink.training.sampler import PretrainingSampler
+from modellink.user_error import UserError
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Missing, truncated or inconsistent dataset files; the message names the file."""
 
 
@@ -57,12 +60,44 @@ def check_indexed_dataset(prefix: str) -> int:
     sizes, pointers = index.index.sequence_lengths, index.index.sequence_pointers
     if len(sizes) == 0:
         raise DataError(f"dataset {prefix} holds no sequences")
-    itemsize = numpy.dtype(index.index.dtype).itemsize
-    expected = int(pointers[-1]) + int(sizes[-1]) * itemsize
+    dtype = numpy.dtype(index.index.dtype)
+    expected = int(pointers[-1]) + int(sizes[-1]) * dtype.itemsize
     actual = os.path.getsize(prefix + ".bin")
     if actual < expected:
         raise DataError(f"truncated dataset {prefix}.bin: {actual} bytes, index expects {expected}")
+    if actual > expected:
+        # A .bin rewritten (or written with another dtype) under an old .idx: most of it would
+        # never be sampled, silently.
+        raise DataError(f"dataset {prefix}.bin holds {actual} bytes but {prefix}.idx describes "
+                        f"{expected} ({dtype.name} tokens); the two files are from different "
+                        "preprocessing runs")
     return len(index.index.document_indices) - 1
+
+
+@dataclass
+class _IndexKeyedConfig(GPTDatasetConfig):
+    """GPTDatasetConfig plus a digest of every .idx in the blend. The cached sample indices are
+    a function of the .idx (sequence lengths, document boundaries) and the config, yet
+    megatron-core keys them by path and config only: a corpus rewritten under the same prefix
+    would reuse the old indices and never sample its new documents."""
+
+    index_digests: Optional[Dict[str, str]] = None
+
+
+class IndexKeyedGPTDataset(GPTDataset):
+    """GPTDataset whose index cache is rebuilt when its dataset's .idx changes."""
+
+    @staticmethod
+    def _key_config_attributes() -> List[str]:
+        return GPTDataset._key_config_attributes() + ["index_digests"]
+
+
+def _index_digest(prefix: str) -> str:
+    digest = hashlib.sha1(usedforsecurity=False)
+    with open(prefix + ".idx", "rb") as index:
+        for block in iter(lambda: index.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _check_splits(prefix: str, documents: int, split: str, sizes: List[int]) -> None:
@@ -77,10 +112,22 @@ def _check_splits(prefix: str, documents: int, split: str, sizes: List[int]) -> 
                             f"({documents} documents) but {size} {name} samples are needed")
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _blend(args: argparse.Namespace, sizes: List[int]
            ) -> Optional[Tuple[List[str], Optional[List[float]]]]:
     if args.mock_data:
         return None
+    if len(args.data_path) % 2 and any(_is_number(entry) for entry in args.data_path):
+        # megatron-core would take every entry, weights included, for a prefix.
+        raise DataError(f"--data-path must be PREFIX... or WEIGHT PREFIX pairs, got "
+                        f"{len(args.data_path)} entries: {' '.join(args.data_path)}")
     try:
         prefixes, weights = get_blend_from_list(args.data_path)
     except Exception:
@@ -111,18 +158,29 @@ def _instruction_config(args: argparse.Namespace, tokenizer: Any,
         tokenizer=_TokenizerForDataset(tokenizer), shuffle=not args.no_shuffle)
 
 
-def build_datasets(args: argparse.Namespace, tokenizer: Any) -> Tuple[Any, Any]:
-    """Train and validation datasets sized for the whole run, as Megatron-LM sizes them (no
-    test split: nothing here evaluates on it)."""
+def _split_sizes(args: argparse.Namespace) -> List[int]:
+    """Samples each split must supply for the whole run, as Megatron-LM sizes them (no test
+    split: nothing here evaluates on it)."""
     gbs = args.global_batch_size
     evals = args.train_iters // args.eval_interval + 1 if args.eval_iters > 0 else 0
-    sizes = [args.train_iters * gbs, evals * args.eval_iters * gbs, 0]
+    return [args.train_iters * gbs, evals * args.eval_iters * gbs, 0]
+
+
+def check_data_files(args: argparse.Namespace) -> None:
+    """The dataset checks of `build_datasets`, run at start-up so a bad file is reported
+    before the model is built or a checkpoint loaded."""
+    _blend(args, _split_sizes(args))
+
+
+def build_datasets(args: argparse.Namespace, tokenizer: Any) -> Tuple[Any, Any]:
+    """Train and validation datasets sized for the whole run."""
+    sizes = _split_sizes(args)
     blend = _blend(args, sizes)
     if args.is_instruction_dataset:
         config, dataset_cls = _instruction_config(args, tokenizer, blend), InstructionDataset
     else:
         config = _pretraining_config(args, tokenizer, blend)
-        dataset_cls = MockGPTDataset if args.mock_data else GPTDataset
+        dataset_cls = MockGPTDataset if args.mock_data else IndexKeyedGPTDataset
     # Splits nobody samples are not built: megatron-core would loop forever on an empty one.
     config.split_matrix = [None if size == 0 else bounds
                            for size, bounds in zip(sizes, config.split_matrix)]
@@ -138,7 +196,8 @@ def build_datasets(args: argparse.Namespace, tokenizer: Any) -> Tuple[Any, Any]:
 def _pretraining_config(args: argparse.Namespace, tokenizer: Any,
                         blend: Optional[Tuple[List[str], Optional[List[float]]]]
                         ) -> GPTDatasetConfig:
-    return GPTDatasetConfig(
+    return _IndexKeyedConfig(
+        index_digests=None if blend is None else {p: _index_digest(p) for p in blend[0]},
         random_seed=args.seed,
         sequence_length=args.seq_length,
         blend=blend,

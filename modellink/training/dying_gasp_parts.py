@@ -20,9 +20,11 @@ from typing import Any, Dict, List, Optional, Set
 import torch
 from megatron.core import parallel_state
 
+from modellink.checkpoint.safe_load import load_pt
 from modellink.training.checkpointing import (
     MODEL_FILENAME,
     OPTIMIZER_FILENAME,
+    CheckpointError,
     model_file_state,
     position_dirname,
     publish_checkpoint,
@@ -120,7 +122,7 @@ def publish_parts(args: argparse.Namespace, tmp_dir: str, final_dir: str, iterat
         return missing
     for dirname, parts in wanted.items():
         for filename, paths in parts.items():
-            state = assemble([torch.load(path, weights_only=True) for path in paths])
+            state = assemble([load_pt(path, CheckpointError) for path in paths])
             save_file(state, os.path.join(tmp_dir, dirname, filename))
     shutil.rmtree(os.path.join(tmp_dir, _PARTS_DIRNAME), ignore_errors=True)
     publish_checkpoint(args, tmp_dir, final_dir, iteration)

@@ -1,9 +1,10 @@
 """Where the ranks of a dying gasp meet: the job's c10d store, never a collective (the peers
 of a failed rank are blocked in one with it).
 
-Keys for a failure in iteration N live under `modellink/dying_gasp/<run>/<restart>/<N>/`:
-each rank that answers writes `role/<rank>` and counts itself in `reported`; the first
-one to stop waiting records the `verdict`, which every rank then follows. After it: `tmp`
+Every path into a dying gasp ends the process, so a job attempt has at most one, and its
+keys live under `modellink/dying_gasp/<run>/<restart>/`: each rank that answers writes
+`role/<rank>` (with the iteration whose state it holds) and counts itself in `reported`; the
+first one to stop waiting records the `verdict`, which every rank then follows. After it: `tmp`
 (the publisher made the directory), `written` and `wrote/<rank>` (ranks done writing their
 parts), `outcome` (what the publisher did) and `released` (failed ranks about to re-raise).
 """
@@ -12,9 +13,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -22,42 +24,44 @@ FAILED, SURVIVOR, UPDATING = "failed", "survivor", "updating"
 _POLL_SECONDS = 0.02
 
 
-def connect() -> torch.distributed.TCPStore:
+def connect(timeout_seconds: float = 60.0) -> torch.distributed.TCPStore:
     """A client of the job's store. torchrun's agent hosts it at MASTER_ADDR:MASTER_PORT, so
     it outlives any worker; other launchers host it on rank 0, which is then still alive
     (it failed too, or it is blocked in a collective)."""
     return torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
-                                      is_master=False, timeout=timedelta(seconds=60))
+                                      is_master=False, timeout=timedelta(seconds=timeout_seconds))
 
 
 @dataclass
 class Verdict:
     kind: str  # "all" (every rank failed before the update: collective save) or "parts"
-    alive: List[int]  # the ranks that take part (not updating), each writing its share
+    alive: List[int]  # the ranks that take part (hold `iteration`), each writing its share
     failed: List[int]
     reason: str  # what the model files record as `dying_gasp`
+    iteration: int  # the completed iteration that is saved
 
 
 class Board:
-    """The keys of one failed iteration, for this rank."""
+    """The keys of this job attempt's dying gasp, for this rank."""
 
-    def __init__(self, store: torch.distributed.Store, iteration: int, rank: int,
-                 world: int) -> None:
+    def __init__(self, store: torch.distributed.Store, rank: int, world: int) -> None:
         run = os.environ.get("TORCHELASTIC_RUN_ID", "")
         restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         self._store = store
-        self._prefix = f"modellink/dying_gasp/{run}/{restart}/{iteration}"
+        self._prefix = f"modellink/dying_gasp/{run}/{restart}"
         self.rank, self.world = rank, world
 
     def _key(self, name: str) -> str:
         return f"{self._prefix}/{name}"
 
     def announced(self) -> bool:
-        """Whether any rank reported a failure in this iteration."""
+        """Whether any rank reported."""
         return self._store.check([self._key("reported")])
 
-    def report(self, role: str, reason: str = "") -> None:
-        self._store.set(self._key(f"role/{self.rank}"), json.dumps([role, reason]))
+    def report(self, role: str, iteration: int, reason: str = "") -> None:
+        """`iteration`: the completed iteration whose state this rank holds (ignored when
+        `role` is UPDATING)."""
+        self._store.set(self._key(f"role/{self.rank}"), json.dumps([role, reason, iteration]))
         self._store.add(self._key("reported"), 1)
 
     def agree(self, wait_seconds: float) -> Verdict:
@@ -73,16 +77,23 @@ class Board:
         return Verdict(**json.loads(self._store.get(verdict)))
 
     def _verdict(self) -> Verdict:
-        roles: Dict[int, List[str]] = {}
+        roles: Dict[int, Tuple[str, str, int]] = {}
         for rank in range(self.world):
             key = self._key(f"role/{rank}")
             if self._store.check([key]):
-                roles[rank] = json.loads(self._store.get(key))
-        failed = sorted(rank for rank, (role, _) in roles.items() if role == FAILED)
+                roles[rank] = tuple(json.loads(self._store.get(key)))
+        failed = sorted(rank for rank, (role, _, _) in roles.items() if role == FAILED)
         # A rank that began the update may have changed its state: it does not take part.
-        alive = sorted(rank for rank, (role, _) in roles.items() if role != UPDATING)
-        reason = roles[failed[0]][1] if failed else ""
-        return Verdict("all" if len(failed) == self.world else "parts", alive, failed, reason)
+        # The others may hold different iterations (some finished the update of the step in
+        # flight, some did not): the iteration most of them hold is saved, the later on a tie.
+        held = Counter(it for role, _, it in roles.values() if role != UPDATING)
+        iteration = max(held, key=lambda it: (held[it], it)) if held else -1
+        alive = sorted(rank for rank, (role, _, it) in roles.items()
+                       if role != UPDATING and it == iteration)
+        reason = next((roles[rank][1] for rank in failed), "") or next(
+            (reason for _, reason, _ in roles.values() if reason), "")
+        kind = "all" if len(failed) == self.world == len(alive) else "parts"
+        return Verdict(kind, alive, failed, reason, iteration)
 
     def signal(self, name: str, value: str = "") -> None:
         self._store.set(self._key(name), value)

@@ -115,7 +115,8 @@ class StepResult:
 
 def train_step(model: List[torch.nn.Module], optimizer: Any, scheduler: Any,
                data_iterators: List[Iterator], args: argparse.Namespace,
-               before_update: Optional[Callable[[], None]] = None) -> StepResult:
+               before_update: Optional[Callable[[], None]] = None,
+               after_update: Optional[Callable[[], None]] = None) -> StepResult:
     start = time.perf_counter()
     for chunk in model:
         chunk.zero_grad_buffer()
@@ -128,21 +129,25 @@ def train_step(model: List[torch.nn.Module], optimizer: Any, scheduler: Any,
         update_successful, grad_norm, _ = optimizer.step()
         if update_successful:
             scheduler.step(increment=args.global_batch_size)
+        if after_update is not None:
+            after_update()
         timers = {"forward-backward": backward_done - start,
                   "optimizer": time.perf_counter() - backward_done}
         return StepResult(_reduce_reported_loss(losses), grad_norm, not update_successful,
                           timers)
     except Exception as exc:
-        # The weights may be (half-)updated while the iteration count is not: no dying gasp.
+        # The weights may be (half-)updated while the iteration count is not.
         exc.add_note(UPDATE_NOTE)
         raise
 
 
 def _guarded_train_step(model: List[torch.nn.Module], optimizer: Any, scheduler: Any,
                         data_iterators: List[Iterator], args: argparse.Namespace,
-                        iteration: int, before_update: Callable[[], None]) -> StepResult:
+                        iteration: int, before_update: Callable[[], None],
+                        after_update: Callable[[], None]) -> StepResult:
     try:
-        return train_step(model, optimizer, scheduler, data_iterators, args, before_update)
+        return train_step(model, optimizer, scheduler, data_iterators, args, before_update,
+                          after_update)
     except NonFiniteError as exc:
         raise NonFiniteError(f"iteration {iteration}, {exc}") from None
     except RuntimeError as exc:
@@ -211,7 +216,8 @@ def _train_iterations(args: argparse.Namespace, model: List[torch.nn.Module], op
         dying_gasp.before_step()
         try:
             step = _guarded_train_step(model, optimizer, scheduler, train_iterators, args,
-                                       state.iteration + 1, dying_gasp.begin_update)
+                                       state.iteration + 1, dying_gasp.begin_update,
+                                       dying_gasp.end_update)
         except Exception as exc:
             dying_gasp.on_exception(exc, partial(save, args, model, optimizer, scheduler,
                                                  state))

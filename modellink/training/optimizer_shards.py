@@ -39,8 +39,11 @@ def local_shards(optimizer: Any) -> Dict[str, Any]:
                 buckets = []
                 for bucket_idx, bucket_map in enumerate(bucket_maps):
                     bucket = buffer.buckets[bucket_idx]
+                    # Plain tensors: a CPU run's device check marks host tensors with a
+                    # subclass, which the checkpoint loader refuses to unpickle.
                     local = {key: torch.zeros(bucket.grad_data.numel() // shards,
-                                              dtype=torch.float32) for key in _KEYS}
+                                              dtype=torch.float32).as_subclass(torch.Tensor)
+                             for key in _KEYS}
                     for model_param, ranges in bucket_map["param_map"].items():
                         tensors = opt._get_main_param_and_optimizer_states(model_param)
                         start, end = ranges["gbuf_local"].start, ranges["gbuf_local"].end
