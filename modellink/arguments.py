@@ -9,14 +9,17 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 from typing import List, Optional, Sequence
 
 from modellink.argument_errors import ArgumentError, require
 from modellink.data.tokenizers import add_tokenizer_arguments
+from modellink.modellink_flags import add_unsupported_flags, no_effect_notes
 from modellink.models.feature_args import add_model_feature_arguments, validate_model_features
 from modellink.training.finetune_args import add_finetune_arguments, validate_finetune_args
 from modellink.training.lora_args import add_lora_arguments, validate_lora_args
 from modellink.training.resilience_args import add_resilience_arguments, validate_resilience_args
+from modellink.writable import writable_dir_problem
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_logging_args(parser)
     _add_fused_op_args(parser)
     add_resilience_arguments(parser)
+    add_unsupported_flags(parser)
     return parser
 
 
@@ -57,7 +61,11 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-position-embeddings", type=int, default=None)
     g.add_argument("--position-embedding-type", default="learned_absolute",
                    choices=["learned_absolute", "rope", "alibi", "none"])
-    g.add_argument("--rotary-base", type=int, default=10000)
+    g.add_argument("--use-rotary-position-embeddings", action="store_const", const="rope",
+                   dest="position_embedding_type",
+                   help="Megatron-LM's older spelling of --position-embedding-type rope")
+    g.add_argument("--rotary-base", type=float, default=10000,
+                   help="RoPE base (theta); ModelLink's scripts write 1e6 or 500000")
     g.add_argument("--rotary-percent", type=float, default=1.0,
                    help="fraction of each head's channels RoPE rotates (ChatGLM: 0.5)")
     g.add_argument("--rotary-interleaved", "--use-glm-rope", action="store_true",
@@ -121,7 +129,8 @@ def _add_parallel_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", choices=["auto", "npu", "cuda", "cpu"])
     g.add_argument("--distributed-backend", default=None, choices=["nccl", "gloo", "hccl"],
                    help="default follows --device: hccl on npu, nccl on cuda, gloo on cpu")
-    g.add_argument("--distributed-timeout-minutes", type=int, default=10)
+    g.add_argument("--distributed-timeout-minutes", type=int, default=45,
+                   help="ModelLink's default; collectives that wait longer fail")
     g.add_argument("--local-rank", "--local_rank", type=int, default=None,
                    help="set by older launchers; the LOCAL_RANK variable wins")
 
@@ -148,6 +157,14 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--end-weight-decay", type=float, default=None)
     g.add_argument("--weight-decay-incr-style", default="constant",
                    choices=["constant", "linear", "cosine"])
+    g.add_argument("--override-opt_param-scheduler", "--override-opt-param-scheduler",
+                   action="store_true", dest="override_opt_param_scheduler",
+                   help="on resume, take the LR/weight-decay schedule from these flags, not the "
+                        "checkpoint (the step count still comes from the checkpoint)")
+    g.add_argument("--use-checkpoint-opt_param-scheduler", "--use-checkpoint-opt-param-scheduler",
+                   action="store_true", dest="use_checkpoint_opt_param_scheduler",
+                   help="on resume, keep the checkpoint's LR/weight-decay schedule whatever these "
+                        "flags say (without either flag a changed schedule is an error)")
     g.add_argument("--clip-grad", type=float, default=1.0)
     g.add_argument("--adam-beta1", type=float, default=0.9)
     g.add_argument("--adam-beta2", type=float, default=0.999)
@@ -224,6 +241,9 @@ def _add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
                    help="stop (saving first when --save is set) when the iteration is a multiple")
     g.add_argument("--finetune", action="store_true",
                    help="load model weights only and restart the iteration count at 0")
+    g.add_argument("--exit-on-missing-checkpoint", action="store_true",
+                   help="a --load with no checkpoint is an error instead of a warning and a "
+                        "start from random weights (it always is with --finetune)")
     g.add_argument("--ckpt-format", default="torch", choices=["torch"],
                    help="Megatron-LM's iter_XXXXXXX/mp_rank_XX/model_optim_rng.pt layout")
 
@@ -276,8 +296,60 @@ def parse_args(argv: Optional[Sequence[str]] = None, world_size: Optional[int] =
     return args
 
 
+# Counts and sizes argparse takes as any number; below these minimums they would divide by zero
+# or train on nothing far from the flag (SIGFPE, empty batches, a loop that never logs).
+_MINIMUMS = (
+    ("num_layers", 1), ("hidden_size", 1), ("ffn_hidden_size", 1), ("num_attention_heads", 1),
+    ("kv_channels", 1), ("num_query_groups", 1), ("seq_length", 1), ("max_position_embeddings", 1),
+    ("make_vocab_size_divisible_by", 1), ("padded_vocab_size", 1), ("vocab_size", 1),
+    ("global_batch_size", 1), ("num_experts", 1), ("moe_ffn_hidden_size", 1),
+    ("recompute_num_layers", 1), ("distributed_timeout_minutes", 1), ("ddp_bucket_size", 1),
+    ("save_interval", 1), ("exit_interval", 1), ("log_interval", 1), ("eval_interval", 1),
+    ("eval_iters", 0), ("num_workers", 0), ("seed", 0), ("lr_decay_iters", 0),
+    ("lr_warmup_iters", 0), ("lr_wsd_decay_iters", 0), ("lr", 0), ("min_lr", 0),
+    ("clip_grad", 0), ("weight_decay", 0), ("hysteresis", 1), ("loss_scale_window", 1),
+)
+
+
+def _validate_minimums(args: argparse.Namespace) -> None:
+    for dest, low in _MINIMUMS:
+        value = getattr(args, dest, None)
+        if value is not None:
+            require(value >= low, f"--{dest.replace('_', '-')} must be >= {low}, got {value}")
+    require(args.lr_warmup_fraction is None or 0 <= args.lr_warmup_fraction <= 1,
+             f"--lr-warmup-fraction must be in [0, 1], got {args.lr_warmup_fraction}")
+
+
+def _validate_split(split: str) -> None:
+    # megatron-core would fail on it deep inside dataset building with a bare ValueError.
+    parts = [p.strip() for p in re.split(r"[,/]", split)]
+    try:
+        weights = [float(p) for p in parts]
+    except ValueError:
+        raise ArgumentError(f"--split {split!r} must be up to three comma-separated numbers "
+                            "(train, validation, test), e.g. 969,30,1") from None
+    require(len(weights) <= 3, f"--split {split!r} has {len(weights)} parts; at most three "
+                               "(train, validation, test)")
+    require(all(w >= 0 and math.isfinite(w) for w in weights) and sum(weights) > 0,
+             f"--split {split!r} needs non-negative weights with a positive sum")
+
+
+def validate_training_run(args: argparse.Namespace) -> None:
+    """What only a training run needs (inference and the converter parse with --train-iters 0
+    and write nothing): something to train, and output folders it can write, checked now rather
+    than at the first save hours later."""
+    require(args.train_iters >= 1, f"--train-iters must be >= 1, got {args.train_iters}")
+    for flag, path in (("--save", args.save), ("--data-cache-path", args.data_cache_path)):
+        problem = path and writable_dir_problem(path)
+        require(not problem, f"{flag} {path}: {problem}")
+
+
 def validate_args(args: argparse.Namespace) -> None:
-    """Check sizes against each other and fill in the derived ones."""
+    """Check sizes against each other and fill in the derived ones; what the start-up log must
+    tell about flags that act differently here goes to `args.compatibility_notes`."""
+    args.compatibility_notes = no_effect_notes(args)
+    _validate_minimums(args)
+    _validate_split(args.split)
     _validate_parallel_sizes(args)
     _validate_model_shape(args)
     validate_model_features(args)
@@ -431,6 +503,9 @@ def _validate_training(args: argparse.Namespace) -> None:
         require(args.save is not None, "--save-interval needs --save DIR")
     if args.lr_decay_iters is None:
         args.lr_decay_iters = args.train_iters
+    require(not (args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler),
+             "--override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler are "
+             "mutually exclusive")
     require(args.lr_warmup_fraction is None or args.lr_warmup_iters == 0,
              "--lr-warmup-fraction and --lr-warmup-iters are mutually exclusive")
     if args.start_weight_decay is None:
@@ -441,8 +516,12 @@ def _validate_training(args: argparse.Namespace) -> None:
 
 def _validate_fused_ops(args: argparse.Namespace) -> None:
     """Fused-operator, attention-mask, RoPE-scaling and recompute flags (ModelLink's rules)."""
-    require(not args.use_mc2 or args.sequence_parallel,
-             "--use-mc2 needs --tensor-model-parallel-size > 1 and --sequence-parallel")
+    if args.use_mc2 and not args.sequence_parallel:
+        # As ModelLink: MC2 has no communication to fuse, so the run goes on without it.
+        args.use_mc2 = False
+        args.compatibility_notes.append(
+            "--use-mc2 is off: MC2 fuses the tensor-parallel matmuls with sequence-parallel "
+            "communication, which needs --tensor-model-parallel-size > 1 and --sequence-parallel")
     require(args.next_tockens == 0, f"--next-tockens {args.next_tockens}: attention is causal, "
                                      "so no key after the query may be attended; use 0")
     require(args.pre_tockens >= 0, f"--pre-tockens must be >= 0, got {args.pre_tockens}")

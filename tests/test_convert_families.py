@@ -38,7 +38,9 @@ HF_CONFIGS = {
 # name -> (converter flags, ranks to run on)
 LAYOUTS: Dict[str, Tuple[List[str], int]] = {
     "tp1pp1": ([], 2),
-    "tp2pp1": (["--target-tensor-parallel-size", "2"], 2),
+    # Padded as Megatron-LM pads by default (the converter's default, ModelLink's, is 1), so
+    # the padded rows' zeros and their removal on the way back are checked too.
+    "tp2pp1": (["--target-tensor-parallel-size", "2", "--make-vocab-size-divisible-by", "128"], 2),
     "tp1pp2": (["--target-pipeline-parallel-size", "2"], 2),
     "tp2pp2": (["--target-tensor-parallel-size", "2", "--target-pipeline-parallel-size", "2"], 4),
 }

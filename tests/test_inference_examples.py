@@ -34,10 +34,9 @@ def test_example_script_on_two_cpu_ranks(tiny_tp2, tmp_path, script, layout, std
         DISTRIBUTED_BACKEND="gloo", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
         MODELLINK_CPU_THREADS="1", CHECKPOINT=str(root / layout), TOKENIZER_PATH=tokenizer,
         DATA_PATH=str(data), MODEL_ARGS=" ".join(flags[:shape_end]),
-        EXTRA_ARGS=f"--device cpu --padded-vocab-size 256 --max-new-tokens 4 --max-length 64 "
+        EXTRA_ARGS=f"--device cpu --max-new-tokens 4 --max-length 64 "
                    f"--eval-output {tmp_path / 'results.json'} --max-eval-samples 2"
-        if script == "evaluate" else "--device cpu --padded-vocab-size 256 --max-new-tokens 4 "
-                                     "--max-length 64 --top-k 5",
+        if script == "evaluate" else "--device cpu --max-new-tokens 4 --max-length 64 --top-k 5",
         PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}")
     result = subprocess.run(["bash", str(ROOT / f"examples/llama2/{script}_llama2_7b_ptd.sh")],
                             env=env, input=stdin, capture_output=True, text=True, timeout=600)

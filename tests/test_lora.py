@@ -42,7 +42,9 @@ def runs(tmp_path_factory):
     for tp in (1, 2):
         printed = convert("--load-model-type", "hf", "--save-model-type", "mg", "--load-dir",
                           str(root / "hf"), "--save-dir", str(root / f"base{tp}"),
-                          "--target-tensor-parallel-size", str(tp))
+                          "--target-tensor-parallel-size", str(tp),
+                          # Room for the mock tokenizer's end-of-document token past the 250.
+                          "--make-vocab-size-divisible-by", "128")
         model = _model_flags(printed)
     reference = train_history(root, model + TRAIN + LORA + [
         "--load", str(root / "base1"), "--save", str(root / "adapters1"), "--save-interval", "4"],
@@ -70,7 +72,8 @@ def runs(tmp_path_factory):
 def pipeline_data_parallel(runs):
     root = runs["root"]
     convert("--load-model-type", "hf", "--save-model-type", "mg", "--load-dir", str(root / "hf"),
-            "--save-dir", str(root / "base_pp2"), "--target-pipeline-parallel-size", "2")
+            "--save-dir", str(root / "base_pp2"), "--target-pipeline-parallel-size", "2",
+            "--make-vocab-size-divisible-by", "128")
     return train_history(root, runs["model"] + TRAIN + LORA + PP2_DP2 + [
         "--load", str(root / "base_pp2"), "--save", str(root / "adapters_pp2"),
         "--save-interval", "4"], nproc=4, name="pp2_dp2")

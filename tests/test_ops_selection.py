@@ -69,8 +69,6 @@ def test_cpu_layer_spec_without_flags_is_megatron_core():
 
 
 @pytest.mark.parametrize("extra, world, needle", [
-    (["--use-mc2"], 1, "--use-mc2 needs"),
-    (["--use-mc2", "--tensor-model-parallel-size", "2"], 2, "--sequence-parallel"),
     (["--next-tockens", "1"], 1, "--next-tockens 1"),
     (["--sliding-window", "4", "--sparse-mode", "2"], 1, "--sparse-mode 0 or 4"),
     (["--sparse-mode", "6"], 1, "--sparse-mode"),

@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 from modellink.checkpoint.convert import DTYPES, ConvertOptions, convert
 from modellink.checkpoint.errors import ConversionError
 from modellink.models.families import FAMILIES
+from modellink.user_error import UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loader", default=None, help="older spelling: <family>_hf | megatron | mg")
     p.add_argument("--saver", default=None, help="older spelling: megatron | mg")
     p.add_argument("--load-dir", required=True)
-    p.add_argument("--save-dir", required=True)
+    p.add_argument("--save-dir", required=True,
+                   help="output folder; for Megatron -> HF, the original Hugging Face model "
+                        "folder gets the converted model in <save-dir>/mg2hg/")
     p.add_argument("--model-type-hf", default=None,
                    help=f"model family: {', '.join(sorted(FAMILIES))} (default llama2)")
     p.add_argument("--target-tensor-parallel-size", type=int, default=1)
@@ -37,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer-model", default=None,
                    help="tokenizer file or directory, checked on import, copied on export")
     p.add_argument("--params-dtype", default=None, choices=sorted(DTYPES))
-    p.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
+    p.add_argument("--make-vocab-size-divisible-by", type=int, default=1,
+                   help="pad the vocabulary to a multiple of this x TP (default 1, as ModelLink's "
+                        "converter and scripts)")
     p.add_argument("--add-qkv-bias", action="store_true")
     p.add_argument("--add-dense-bias", action="store_true")
     p.add_argument("--use-mcore-models", action="store_true",
@@ -63,6 +68,8 @@ def _size(text: str) -> int:
         raise ConversionError(f"--max-shard-size {text!r}: expected e.g. 5GB, 500MB or bytes")
     scale = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "M": 2**20, "MB": 2**20, "G": 2**30,
              "GB": 2**30}[match.group(2)]
+    if int(match.group(1)) == 0:
+        raise ConversionError(f"--max-shard-size {text!r} must be more than 0 bytes")
     return int(match.group(1)) * scale
 
 
@@ -105,6 +112,10 @@ def options_from_args(args: argparse.Namespace) -> ConvertOptions:
                   if value is not None]
     if args.lora_load is None and lora_flags:
         raise ConversionError(f"{lora_flags[0]} needs --lora-load (the adapters to merge)")
+    for flag, value in (("--make-vocab-size-divisible-by", args.make_vocab_size_divisible_by),
+                        ("--lora-r", args.lora_r), ("--lora-alpha", args.lora_alpha)):
+        if value is not None and value < 1:
+            raise ConversionError(f"{flag} must be >= 1, got {value}")
     if args.lora_load is not None and load_type != "mg":
         raise ConversionError("--lora-load merges adapters into a Megatron base: use "
                               "--load-model-type mg")
@@ -133,7 +144,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Exit status 0 on success, 2 with one `error: ...` line for bad input."""
     try:
         convert(options_from_args(build_parser().parse_args(argv)))
-    except ValueError as exc:  # ConversionError and the family / flag checks
+    except UserError as exc:  # ConversionError and the family / flag checks
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     return 0

@@ -1,12 +1,15 @@
 """One conversion, validated up front: HF -> Megatron, Megatron -> HF, Megatron -> Megatron."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from typing import List, Optional, Union
 
 import torch
 
 from modellink.checkpoint.errors import ConversionError
+from modellink.checkpoint.hf_folder import (
+    MG2HG, copy_beside, folder_config, is_hf_folder, vocab_for_folder)
 from modellink.checkpoint.hf_source import HuggingFaceSource
 from modellink.checkpoint.hf_writer import tokenizer_files, write_hf
 from modellink.checkpoint.layout import ParallelLayout, build_layout
@@ -36,7 +39,7 @@ class ConvertOptions:
     vpp_layers: Optional[int] = None
     params_dtype: Optional[str] = None
     tokenizer_model: Optional[str] = None
-    make_vocab_size_divisible_by: int = 128
+    make_vocab_size_divisible_by: int = 1  # ModelLink's converter default, as its scripts use
     max_shard_bytes: int = 5 * 2**30
     add_qkv_bias: bool = False
     add_dense_bias: bool = False
@@ -117,22 +120,40 @@ def _to_megatron(options: ConvertOptions, source: Source) -> None:
               + " ".join(flags), flush=True)
 
 
-def _to_huggingface(options: ConvertOptions, source: MegatronSource) -> None:
+def _to_huggingface(options: ConvertOptions, source: MegatronSource, out_dir: str,
+                    template: Optional[str]) -> None:
+    """`template`: the Hugging Face model folder given as --save-dir, if it is one."""
     settings = variant_for_args(get_family(options.family), source.args)
-    config = hf_config_from_args(settings, source.args, source.shape.vocab_size,
-                                 base=getattr(source.args, "hf_config", None))
+    shape, base = source.shape, getattr(source.args, "hf_config", None)
+    if template is not None:
+        base = folder_config(template, get_family(options.family))
+        shape = replace(shape, vocab_size=vocab_for_folder(
+            base, source.recorded_vocab_size(), source.args.padded_vocab_size, template))
+    config = hf_config_from_args(settings, source.args, shape.vocab_size, base=base)
     dtype = DTYPES[options.params_dtype] if options.params_dtype else None
-    with atomic_directory(options.save_dir) as tmp:
-        write_hf(source.read, source.shape, MAPPINGS[options.family], config,
+    copied: List[str] = []
+    with atomic_directory(out_dir) as tmp:
+        if template is not None:
+            copied = copy_beside(template, tmp)
+        write_hf(source.read, shape, MAPPINGS[options.family], config,
                  settings.config_class, tmp, options.max_shard_bytes, dtype,
                  options.tokenizer_model)
+    if template is not None:
+        print(f"wrote the Hugging Face model to {out_dir} (--save-dir is a model folder, left "
+              f"unchanged; copied from it: {', '.join(copied) or 'nothing'})", flush=True)
 
 
 def convert(options: ConvertOptions) -> None:
     """Every check on the input runs before the first byte is written."""
     if (options.load_type, options.save_type) == ("hf", "hf"):
         raise ConversionError("--load-model-type hf with --save-model-type hf: nothing to convert")
-    check_save_dir(options.save_dir, options.load_dir, options.overwrite)
+    inputs = {"--load-dir": options.load_dir, "--lora-load": options.lora_load,
+              "--tokenizer-model": options.tokenizer_model}
+    # ModelLink's usage: --save-dir is the original model folder, the output its mg2hg/.
+    template = (options.save_dir if options.save_type == "hf" and is_hf_folder(options.save_dir)
+                else None)
+    out_dir = os.path.join(options.save_dir, MG2HG) if template else options.save_dir
+    check_save_dir(out_dir, inputs, options.overwrite)
     _check_family_flags(options)
     if options.tokenizer_model:
         tokenizer_files(options.tokenizer_model)
@@ -140,4 +161,4 @@ def convert(options: ConvertOptions) -> None:
     if options.save_type == "mg":
         _to_megatron(options, source)
     else:
-        _to_huggingface(options, source)
+        _to_huggingface(options, source, out_dir, template)

@@ -35,10 +35,11 @@ def add_text_generation_args(parser: argparse.ArgumentParser) -> None:
               help="tokens to generate after the prompt")
     _add_once(g, parser, "--max-length", type=int, default=256,
               help="longest sequence (prompt + generated tokens); sizes the KV cache")
-    _add_once(g, parser, "--top-k", type=int, default=0, help="sample from the k best (0: off)")
-    _add_once(g, parser, "--top-p", type=float, default=0.0,
+    # ModelLink's inference.py defaults; evaluation sets its own. Greedy tasks ignore them.
+    _add_once(g, parser, "--top-k", type=int, default=50, help="sample from the k best (0: off)")
+    _add_once(g, parser, "--top-p", type=float, default=0.95,
               help="sample from the smallest set with this probability mass (0: off)")
-    _add_once(g, parser, "--temperature", type=float, default=1.0)
+    _add_once(g, parser, "--temperature", type=float, default=0.7)
     _add_once(g, parser, "--use-kv-cache", action="store_true",
               help="keep keys/values of earlier tokens instead of recomputing the whole sequence")
     _add_once(g, parser, "--add-eos-token", nargs="+", default=[],
@@ -47,8 +48,6 @@ def add_text_generation_args(parser: argparse.ArgumentParser) -> None:
               help="prompt template name (modellink.data.templates), shared with fine-tuning")
     _add_once(g, parser, "--hf-chat-template", action="store_true",
               help="wrap prompts with the Hugging Face tokenizer's chat template")
-    _add_once(g, parser, "--exit-on-missing-checkpoint", action="store_true",
-              help="accepted for script compatibility: a missing --load is always an error here")
 
 
 def add_inference_args(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +89,7 @@ def parse_inference_args(argv: Optional[Sequence[str]] = None,
     # A decode step feeds one token per sequence, which cannot be split across tensor-parallel
     # ranks; the weights are the same with or without sequence parallelism.
     args.sequence_parallel = False
+    args.use_mc2 = False  # MC2 fuses sequence-parallel communication, which is now off
     return args
 
 
@@ -103,7 +103,7 @@ def _validate_generation(args: argparse.Namespace) -> None:
             raise ArgumentError(f"{flag} must be >= {low}, got {value}")
     if not 0.0 <= args.top_p <= 1.0:
         raise ArgumentError(f"--top-p must be in [0, 1], got {args.top_p}")
-    if args.temperature <= 0:
+    if not args.temperature > 0:  # also NaN, which would sample garbage without complaint
         raise ArgumentError(f"--temperature must be > 0, got {args.temperature}")
     if args.position_embedding_type == "learned_absolute" and \
             args.max_length > args.max_position_embeddings:

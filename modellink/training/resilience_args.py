@@ -26,8 +26,12 @@ def add_resilience_arguments(parser: argparse.ArgumentParser) -> None:
                    help="replica optimizer: every distributed-optimizer shard also lives on a "
                         "second data-parallel rank (needs --enable-high-availability)")
     g = parser.add_argument_group("numerics")
-    g.add_argument("--check-for-nan-in-loss-and-grad", action="store_true",
-                   help="stop, naming the iteration and rank, on a NaN/Inf loss or local grad")
+    g.add_argument("--check-for-nan-in-loss-and-grad", action="store_true", default=True,
+                   help="stop, naming the iteration and rank, on a NaN/Inf loss or local grad "
+                        "(on by default, as in Megatron-LM and ModelLink)")
+    g.add_argument("--no-check-for-nan-in-loss-and-grad", action="store_false",
+                   dest="check_for_nan_in_loss_and_grad",
+                   help="train on through NaN/Inf losses and gradients")
     g = parser.add_argument_group("determinism (ModelLink)")
     g.add_argument("--use-deter-comp", action="store_true",
                    help="deterministic kernels and reductions: identical runs give identical bits")
@@ -54,6 +58,13 @@ def add_resilience_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def validate_resilience_args(args: argparse.Namespace) -> None:
+    if args.fp16 and args.loss_scale is None and args.check_for_nan_in_loss_and_grad:
+        # As Megatron-LM: dynamic loss scaling skips the steps whose gradients overflow, so an
+        # Inf there is the scaler's signal, not a diverged run.
+        args.check_for_nan_in_loss_and_grad = False
+        args.compatibility_notes.append(
+            "NaN/Inf checking is off: with --fp16 and dynamic loss scaling an overflowing "
+            "step is skipped and the loss scale lowered (pass --loss-scale to keep the check)")
     if args.enable_optimizer_state_local_copy:
         dp = args.data_parallel_size
         require(args.enable_high_availability,

@@ -38,7 +38,8 @@ def _pipeline_forward(chunks: List[torch.nn.Module], tokens: torch.Tensor, hidde
     output = None
     for index, chunk in enumerate(chunks):
         if not (first and index == 0):
-            hidden = torch.empty(hidden_shape, dtype=dtype)
+            # On the device: NCCL and HCCL refuse host tensors.
+            hidden = torch.empty(hidden_shape, dtype=dtype, device=torch.cuda.current_device())
             torch.distributed.recv(hidden, parallel_state.get_pipeline_model_parallel_prev_rank())
             chunk.set_input_tensor(hidden)
         output = chunk(tokens, position_ids, None)

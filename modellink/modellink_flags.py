@@ -1,0 +1,144 @@
+"""ModelLink's flags that this project does not run as ModelLink does: the ones not supported
+yet, and the ones accepted from users' scripts that change nothing here.
+
+A ModelLink user's script must never die on a bare "unrecognized arguments" nor have a flag
+swallowed in silence: a flag of ModelLink's parser or example scripts that is not supported
+yet is registered on the parser and fails with what ModelLink uses it for; a flag that is
+accepted but has no effect here is named in the start-up log. `UNSUPPORTED` is the one list
+of the former; docs/modellink_flags.md is checked against it (tests/test_modellink_flags.py).
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Callable, Dict, List, Sequence, Tuple
+
+from modellink.argument_errors import ArgumentError
+
+# flag -> what ModelLink uses it for (the error message says it; the docs table repeats it).
+UNSUPPORTED: Dict[str, str] = {
+    # parallelism and memory
+    "--context-parallel-algo": "picks Ulysses, ring or hybrid context parallelism",
+    "--ulysses-degree-in-cp": "Ulysses group size inside hybrid context parallelism",
+    "--cp-attention-mask-type": "causal or full attention mask under context parallelism",
+    "--use-cp-send-recv-overlap": "overlaps ring-attention send/recv with compute",
+    "--kv-head-repeat-before-uly-alltoall": "repeats GQA key/value heads before the Ulysses "
+                                            "all-to-all",
+    "--reuse-fp32-param": "frees the fp32 master-weight copies of the distributed optimizer",
+    "--swap-attention": "swaps attention activations to host memory",
+    "--swap-modules": "which modules --swap-attention swaps",
+    "--enable-recompute-layers-per-pp-rank": "counts --recompute-num-layers per pipeline rank, "
+                                             "not per virtual stage",
+    "--recompute-activation-function-num-layers": "layers whose MLP activation is recomputed",
+    "--output-layer-slice-num": "splits the output-layer matmul into slices to save memory",
+    "--no-shared-storage": "for nodes that do not share a file system (per-node data caches)",
+    "--jit-compile": "torch_npu JIT compilation of operators",
+    # model shape
+    "--add-dense-bias": "bias on the attention output projection with --disable-bias-linear",
+    "--skip-bias-add": "adds linear biases inside the layer instead of fusing them later",
+    "--use-partial-rope": "ChatGLM's half-width RoPE (older spelling of --use-glm-rope)",
+    "--input-layernorm-in-fp32": "computes the input layer norm in fp32",
+    "--no-post-layer-norm": "drops the final layer norm",
+    "--embedding-multiplier-scale": "multiplies the word embeddings by a constant (Grok)",
+    "--output-multiplier-scale": "multiplies the output logits by a constant (Grok)",
+    "--input-jitter": "multiplicative noise on the MoE router input",
+    "--scale-emb": "MiniCPM's embedding scale",
+    "--dim-model-base": "MiniCPM's logit scale base width",
+    "--scale-depth": "MiniCPM's residual scale by depth",
+    "--square-alibi-mask": "square (not causal-only) ALiBi bias matrix",
+    "--fill-neg-inf": "fills the masked ALiBi positions with -inf",
+    "--qk-layernorm": "layer norm on queries and keys",
+    "--spec": "builds layers from a named module's layer spec",
+    "--no-create-attention-mask-in-dataloader": "leaves the attention mask out of the data "
+                                                "loader",
+    # multi-head latent attention (DeepSeek-V2)
+    "--multi-head-latent-attention": "DeepSeek-V2 multi-head latent attention",
+    "--q-lora-rank": "low rank of the MLA query projection",
+    "--kv-lora-rank": "low rank of the MLA key/value projection",
+    "--v-head-dim": "MLA value head size",
+    "--qk-rope-head-dim": "MLA query/key channels with RoPE",
+    "--qk-nope-head-dim": "MLA query/key channels without RoPE",
+    # mixture of experts
+    "--expert-interval": "MoE layer in every N-th layer",
+    "--moe-train-capacity-factor": "expert capacity of the older SwitchMLP MoE layer",
+    "--moe-expert-capacity-factor": "expert capacity; tokens beyond it are dropped",
+    "--moe-pad-expert-input-to-capacity": "pads every expert's input to its capacity",
+    "--moe-token-drop-policy": "which tokens an expert over capacity drops",
+    "--noisy-gate-policy": "noise in the MoE gate (Jitter or RSample)",
+    "--enable-token-rearrange-opt": "faster token permutation in the MoE layer",
+    "--moe-permutation-async-comm": "overlaps MoE token permutation with its all-gathers",
+    "--shared-expert-gate": "gated shared expert (Qwen2-MoE)",
+    "--shared-expert-gate-output-dimension": "output width of the shared-expert gate",
+    "--moe-intermediate-size": "DeepSeek MoE expert hidden size",
+    "--n-shared-experts": "DeepSeek MoE shared experts",
+    "--topk-group": "DeepSeek device-limited routing: groups to pick experts from",
+    "--routed-scaling-factor": "DeepSeek scale of the routed experts' output",
+    "--norm-topk-prob": "renormalises the chosen experts' weights",
+    "--seq-aux": "per-sequence MoE auxiliary loss",
+    "--first-k-dense-replace": "the first K layers are dense, not MoE",
+    "--moe-layer-freq": "MoE layer frequency",
+    "--moe-device-level-aux-loss-coeff": "DeepSeek device-level balance loss weight",
+    "--moe-comm-aux-loss-coeff": "DeepSeek communication balance loss weight",
+    # fine-tuning, LoRA and preference training
+    "--lora-register-forward-hook": "modules whose outputs keep gradients for LoRA with frozen "
+                                    "embeddings",
+    "--lora-fusion": "fused LoRA kernels",
+    "--pad-to-multiple-of": "pads fine-tuning batches to a multiple of this length",
+    "--tokenizer-kwargs": "extra keyword arguments for the Hugging Face tokenizer",
+    "--load-checkpoint-loosely": "loads checkpoints with missing or unexpected weights",
+    "--stage": "DPO or reward-model training",
+    "--is-pairwise-dataset": "chosen/rejected pairs for preference training",
+    "--dpo-beta": "DPO loss beta",
+    "--dpo-loss-type": "DPO loss variant (sigmoid, hinge, ipo)",
+    "--dpo-label-smoothing": "conservative-DPO label smoothing",
+    "--dpo-ftx": "weight of the supervised loss in DPO",
+    "--pref-ftx": "weight of the supervised loss in preference training",
+    "--ref-model": "reference model of DPO",
+}
+
+
+class _NotSupportedYet(argparse.Action):
+    """Fails as soon as argparse meets the flag, before any other check or any work."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str = "") -> None:
+        raise ArgumentError(unsupported_message(self.option_strings[0]))
+
+
+def unsupported_message(flag: str) -> str:
+    return f"{flag} (ModelLink: {UNSUPPORTED[flag]}) is not supported yet"
+
+
+def add_unsupported_flags(parser: argparse.ArgumentParser) -> None:
+    """Register every flag of `UNSUPPORTED` the parser does not define itself. One that it
+    does define was implemented meanwhile; tests/test_modellink_flags.py then asks for its
+    row to move from UNSUPPORTED to the docs' working rows."""
+    g = parser.add_argument_group("ModelLink flags not supported yet (each is an error)")
+    for flag in UNSUPPORTED:
+        if flag not in parser._option_string_actions:
+            # Any number of values: the error names the flag, never the value after it.
+            g.add_argument(flag, nargs="*", action=_NotSupportedYet, help=argparse.SUPPRESS)
+
+
+# Flags accepted so users' scripts run unchanged although they change nothing here:
+# (flag, whether the parsed arguments show it was given, why it changes nothing).
+_NO_EFFECT: Tuple[Tuple[str, Callable[[argparse.Namespace], bool], str], ...] = (
+    ("--use-mcore-models", lambda a: a.use_mcore_models,
+     "megatron-core's GPTModel is the only model here"),
+    ("--no-gradient-accumulation-fusion", lambda a: not a.gradient_accumulation_fusion,
+     "weight-gradient accumulation is never fused here (it needs apex)"),
+    ("--no-masked-softmax-fusion", lambda a: not a.masked_softmax_fusion,
+     "megatron-core's fused masked softmax is never used here"),
+    ("--no-rope-fusion", lambda a: not a.apply_rope_fusion,
+     "Transformer Engine's fused RoPE is never used here"),
+    ("--local-rank", lambda a: a.local_rank is not None,
+     "the device comes from the LOCAL_RANK variable the launcher sets"),
+)
+
+
+def no_effect_notes(args: argparse.Namespace) -> List[str]:
+    """One start-up log line per given flag that is accepted but changes nothing here."""
+    return [f"{flag} has no effect: {why}" for flag, given, why in _NO_EFFECT if given(args)]
+
+
+def no_effect_flags() -> Sequence[str]:
+    return [flag for flag, _, _ in _NO_EFFECT]
