@@ -103,3 +103,22 @@ def test_crash_during_save_keeps_previous_checkpoint(saved, tmp_path):
     assert history["iteration"] == [3, 4]
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text() == "4"
     assert not (ckpt / "iter_0000004.tmp").exists()
+
+
+def test_bf16_finetune_starts_from_the_loaded_weights(saved, tmp_path):
+    """Without optimizer state, the bf16 optimizer's fp32 main weights come from the weights
+    just loaded; before, they stayed the random initial ones, which its first step wrote back
+    into the model. At learning rate 0 the saved weights are the loaded ones in bf16."""
+    import torch
+    tuned = tmp_path / "tuned"
+    train_history(tmp_path, TINY_LLAMA + ["--train-iters", "1", "--bf16", "--lr", "0",
+                                          "--finetune", "--load", str(saved),
+                                          "--save", str(tuned)], nproc=1)
+    before = torch.load(saved / "iter_0000002" / "mp_rank_00" / "model_optim_rng.pt",
+                        weights_only=False)["model"]
+    after = torch.load(tuned / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt",
+                       weights_only=False)["model"]
+    weights = [name for name, value in before.items() if isinstance(value, torch.Tensor)]
+    assert weights
+    for name in weights:
+        assert torch.equal(after[name], before[name].to(torch.bfloat16)), name
