@@ -19,6 +19,8 @@ from modellink.models.feature_args import add_model_feature_arguments, validate_
 from modellink.training.finetune_args import add_finetune_arguments, validate_finetune_args
 from modellink.training.lora_args import add_lora_arguments, validate_lora_args
 from modellink.training.resilience_args import add_resilience_arguments, validate_resilience_args
+from modellink.training.sample_schedule import (add_sample_schedule_arguments,
+                                                validate_sample_schedule)
 from modellink.writable import writable_dir_problem
 
 
@@ -55,6 +57,9 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
                    help="default: 4*hidden, or 8/3*hidden rounded to 64 with --swiglu")
     g.add_argument("--num-attention-heads", type=int, required=True)
     g.add_argument("--kv-channels", type=int, default=None)
+    g.add_argument("--qk-layernorm", action="store_true",
+                   help="normalise each head's queries and keys (a --normalization norm over "
+                        "the head width) before attention")
     g.add_argument("--group-query-attention", action="store_true")
     g.add_argument("--num-query-groups", type=int, default=1)
     g.add_argument("--seq-length", type=int, required=True)
@@ -127,6 +132,9 @@ def _add_parallel_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--overlap-param-gather", action="store_true")
     g.add_argument("--ddp-bucket-size", type=int, default=None)
     g.add_argument("--device", default="auto", choices=["auto", "npu", "cuda", "cpu"])
+    g.add_argument("--jit-compile", action="store_true",
+                   help="NPU: torch_npu compiles operators just in time (set_compile_mode); "
+                        "logged and ignored on cuda and cpu, as ModelLink documents it NPU-only")
     g.add_argument("--distributed-backend", default=None, choices=["nccl", "gloo", "hccl"],
                    help="default follows --device: hccl on npu, nccl on cuda, gloo on cpu")
     g.add_argument("--distributed-timeout-minutes", type=int, default=45,
@@ -139,7 +147,9 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("training")
     g.add_argument("--micro-batch-size", type=int, required=True)
     g.add_argument("--global-batch-size", type=int, default=None)
-    g.add_argument("--train-iters", type=int, required=True)
+    g.add_argument("--train-iters", type=int, default=None,
+                   help="iterations to train (or size the run with --train-samples)")
+    add_sample_schedule_arguments(g)
     g.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
     g.add_argument("--lr", type=float, required=True)
     g.add_argument("--min-lr", type=float, default=0.0)
@@ -182,6 +192,16 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
                    help="what --recompute-granularity selective recomputes (default core_attn)")
     g.add_argument("--recompute-activation-function", action="store_true",
                    help="recompute the MLP activation in backward instead of keeping its output")
+    g.add_argument("--skip-train", action="store_true",
+                   help="no training: load, then evaluate on the validation set once")
+    g.add_argument("--manual-gc", action="store_true",
+                   help="turn Python's automatic garbage collector off and collect only every "
+                        "--manual-gc-interval iterations, so collections happen on every rank "
+                        "at the same step")
+    g.add_argument("--manual-gc-interval", type=int, default=0,
+                   help="with --manual-gc: iterations between collections (0: never)")
+    g.add_argument("--no-manual-gc-eval", action="store_false", dest="manual_gc_eval",
+                   help="with --manual-gc: do not collect after each evaluation")
     g.add_argument("--no-gradient-accumulation-fusion", action="store_false",
                    dest="gradient_accumulation_fusion",
                    help="accepted for script compatibility: weight-gradient fusion needs apex, so "
@@ -206,12 +226,21 @@ def _add_moe_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--moe-ffn-hidden-size", type=int, default=None)
     g.add_argument("--moe-router-topk", type=int, default=2)
     g.add_argument("--moe-router-load-balancing-type", default="aux_loss",
-                   choices=["aux_loss", "seq_aux_loss", "sinkhorn", "none"])
+                   choices=["aux_loss", "seq_aux_loss", "sinkhorn", "softmax_topk",
+                            "group_limited_greedy", "none"])
     g.add_argument("--moe-aux-loss-coeff", type=float, default=0.0)
     g.add_argument("--moe-z-loss-coeff", type=float, default=None)
     g.add_argument("--moe-token-dispatcher-type", default="allgather",
                    choices=["allgather", "alltoall"])
     g.add_argument("--moe-grouped-gemm", action="store_true")
+    g.add_argument("--moe-expert-capacity-factor", type=float, default=None,
+                   help="tokens an expert takes, as a multiple of an even share; the rest drop")
+    g.add_argument("--moe-pad-expert-input-to-capacity", action="store_true")
+    g.add_argument("--moe-token-drop-policy", default="probs", choices=["probs", "position"])
+    g.add_argument("--moe-shared-expert-intermediate-size", type=int, default=None)
+    g.add_argument("--shared-expert-gate", action="store_true",
+                   help="sigmoid gate on the shared experts' output (Qwen2-MoE)")
+    g.add_argument("--moe-permutation-async-comm", action="store_true")
 
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -253,6 +282,10 @@ def _add_logging_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--log-interval", type=int, default=100)
     g.add_argument("--eval-interval", type=int, default=1000)
     g.add_argument("--eval-iters", type=int, default=100)
+    g.add_argument("--log-params-norm", action="store_true",
+                   help="add the L2 norm of all parameters to the log line (params norm:)")
+    g.add_argument("--log-num-zeros-in-grad", action="store_true",
+                   help="add the number of zero gradient entries to the log line (num zeros:)")
     g.add_argument("--log-throughput", action="store_true",
                    help="accepted for script compatibility: throughput is always logged")
 
@@ -306,7 +339,9 @@ _MINIMUMS = (
     ("recompute_num_layers", 1), ("distributed_timeout_minutes", 1), ("ddp_bucket_size", 1),
     ("save_interval", 1), ("exit_interval", 1), ("log_interval", 1), ("eval_interval", 1),
     ("eval_iters", 0), ("num_workers", 0), ("seed", 0), ("lr_decay_iters", 0),
-    ("lr_warmup_iters", 0), ("lr_wsd_decay_iters", 0), ("lr", 0), ("min_lr", 0),
+    ("lr_warmup_iters", 0), ("lr_wsd_decay_iters", 0), ("train_samples", 1),
+    ("lr_decay_samples", 0), ("lr_warmup_samples", 0), ("lr_wsd_decay_samples", 0),
+    ("manual_gc_interval", 0), ("lr", 0), ("min_lr", 0),
     ("clip_grad", 0), ("weight_decay", 0), ("hysteresis", 1), ("loss_scale_window", 1),
 )
 
@@ -426,11 +461,37 @@ def _validate_model_shape(args: argparse.Namespace) -> None:
                  f"--moe-router-topk {args.moe_router_topk} must be in [1, --num-experts]")
         if args.moe_ffn_hidden_size is None:
             args.moe_ffn_hidden_size = args.ffn_hidden_size
+    _validate_moe(args)
     require(args.ffn_hidden_size % tp == 0,
              f"--ffn-hidden-size {args.ffn_hidden_size} is not divisible by "
              f"--tensor-model-parallel-size {tp}")
     require(pp > 1 or args.num_layers_per_virtual_pipeline_stage is None,
              "--num-layers-per-virtual-pipeline-stage needs --pipeline-model-parallel-size > 1")
+
+
+def _validate_moe(args: argparse.Namespace) -> None:
+    # megatron-core scores an expert group by its top experts' sum, DeepSeek-V2's by its best one.
+    require(args.moe_router_load_balancing_type != "group_limited_greedy",
+            "--moe-router-load-balancing-type group_limited_greedy (ModelLink: DeepSeek-V2 "
+            "device-limited routing with --topk-group) is not supported yet")
+    capacity = args.moe_expert_capacity_factor
+    require(args.num_experts is not None or (
+        capacity is None and not args.moe_pad_expert_input_to_capacity
+        and args.moe_shared_expert_intermediate_size is None and not args.shared_expert_gate),
+        "the MoE flags (--moe-expert-capacity-factor, --moe-shared-expert-intermediate-size, "
+        "...) need --num-experts")
+    require(capacity is None or capacity > 0,
+            f"--moe-expert-capacity-factor {capacity} must be > 0")
+    require(capacity is None or args.moe_router_load_balancing_type != "sinkhorn",
+            "--moe-expert-capacity-factor does not work with "
+            "--moe-router-load-balancing-type sinkhorn")
+    require(not args.moe_pad_expert_input_to_capacity or capacity is not None,
+            "--moe-pad-expert-input-to-capacity needs --moe-expert-capacity-factor")
+    shared = args.moe_shared_expert_intermediate_size
+    require(shared is None or shared > 0,
+            f"--moe-shared-expert-intermediate-size {shared} must be > 0")
+    require(not args.shared_expert_gate or shared is not None,
+            "--shared-expert-gate needs --moe-shared-expert-intermediate-size")
 
 
 def _pipeline_layers(args: argparse.Namespace) -> Optional[List[int]]:
@@ -486,6 +547,7 @@ def _validate_batch(args: argparse.Namespace) -> None:
 
 def _validate_training(args: argparse.Namespace) -> None:
     require(not (args.fp16 and args.bf16), "--fp16 and --bf16 are mutually exclusive")
+    validate_sample_schedule(args)
     require(args.train_iters >= 0, f"--train-iters must be >= 0, got {args.train_iters}")
     if args.recompute_granularity == "full":
         require(args.recompute_method is not None,
@@ -501,6 +563,8 @@ def _validate_training(args: argparse.Namespace) -> None:
         raise ArgumentError("--data-path and --mock-data are mutually exclusive")
     if args.save_interval is not None:
         require(args.save is not None, "--save-interval needs --save DIR")
+    require(not args.skip_train or args.eval_iters > 0,
+            "--skip-train only evaluates: it needs --eval-iters > 0")
     if args.lr_decay_iters is None:
         args.lr_decay_iters = args.train_iters
     require(not (args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler),

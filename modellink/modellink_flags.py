@@ -31,7 +31,6 @@ UNSUPPORTED: Dict[str, str] = {
     "--recompute-activation-function-num-layers": "layers whose MLP activation is recomputed",
     "--output-layer-slice-num": "splits the output-layer matmul into slices to save memory",
     "--no-shared-storage": "for nodes that do not share a file system (per-node data caches)",
-    "--jit-compile": "torch_npu JIT compilation of operators",
     # model shape
     "--add-dense-bias": "bias on the attention output projection with --disable-bias-linear",
     "--skip-bias-add": "adds linear biases inside the layer instead of fusing them later",
@@ -46,10 +45,21 @@ UNSUPPORTED: Dict[str, str] = {
     "--scale-depth": "MiniCPM's residual scale by depth",
     "--square-alibi-mask": "square (not causal-only) ALiBi bias matrix",
     "--fill-neg-inf": "fills the masked ALiBi positions with -inf",
-    "--qk-layernorm": "layer norm on queries and keys",
     "--spec": "builds layers from a named module's layer spec",
     "--no-create-attention-mask-in-dataloader": "leaves the attention mask out of the data "
                                                 "loader",
+    # Megatron-LM training flags ModelLink inherits
+    "--rampup-batch-size":
+        "grows the global batch size from a start size by an increment over a number of "
+        "samples",
+    "--use-checkpoint-args": "takes the model-shape flags from the --load checkpoint",
+    "--apply-residual-connection-post-layernorm":
+        "takes the residual from the layer norm's output, not its input",
+    "--fp32-residual-connection": "keeps the residual stream in fp32 under --fp16/--bf16",
+    "--train-data-path": "the train split's own dataset (instead of --data-path with --split)",
+    "--valid-data-path": "the validation split's own dataset",
+    "--test-data-path": "the test split's own dataset",
+    "--timing-log-level": "how much of Megatron-LM's timer breakdown is logged (0, 1 or 2)",
     # multi-head latent attention (DeepSeek-V2)
     "--multi-head-latent-attention": "DeepSeek-V2 multi-head latent attention",
     "--q-lora-rank": "low rank of the MLA query projection",
@@ -59,14 +69,11 @@ UNSUPPORTED: Dict[str, str] = {
     "--qk-nope-head-dim": "MLA query/key channels without RoPE",
     # mixture of experts
     "--expert-interval": "MoE layer in every N-th layer",
-    "--moe-train-capacity-factor": "expert capacity of the older SwitchMLP MoE layer",
-    "--moe-expert-capacity-factor": "expert capacity; tokens beyond it are dropped",
-    "--moe-pad-expert-input-to-capacity": "pads every expert's input to its capacity",
-    "--moe-token-drop-policy": "which tokens an expert over capacity drops",
+    "--moe-train-capacity-factor": "expert capacity of the older SwitchMLP MoE layer, which is "
+                                   "not built here; --moe-expert-capacity-factor sets the "
+                                   "capacity of the megatron-core MoE layer",
     "--noisy-gate-policy": "noise in the MoE gate (Jitter or RSample)",
     "--enable-token-rearrange-opt": "faster token permutation in the MoE layer",
-    "--moe-permutation-async-comm": "overlaps MoE token permutation with its all-gathers",
-    "--shared-expert-gate": "gated shared expert (Qwen2-MoE)",
     "--shared-expert-gate-output-dimension": "output width of the shared-expert gate",
     "--moe-intermediate-size": "DeepSeek MoE expert hidden size",
     "--n-shared-experts": "DeepSeek MoE shared experts",
@@ -79,12 +86,6 @@ UNSUPPORTED: Dict[str, str] = {
     "--moe-device-level-aux-loss-coeff": "DeepSeek device-level balance loss weight",
     "--moe-comm-aux-loss-coeff": "DeepSeek communication balance loss weight",
     # fine-tuning, LoRA and preference training
-    "--lora-register-forward-hook": "modules whose outputs keep gradients for LoRA with frozen "
-                                    "embeddings",
-    "--lora-fusion": "fused LoRA kernels",
-    "--pad-to-multiple-of": "pads fine-tuning batches to a multiple of this length",
-    "--tokenizer-kwargs": "extra keyword arguments for the Hugging Face tokenizer",
-    "--load-checkpoint-loosely": "loads checkpoints with missing or unexpected weights",
     "--stage": "DPO or reward-model training",
     "--is-pairwise-dataset": "chosen/rejected pairs for preference training",
     "--dpo-beta": "DPO loss beta",
@@ -130,6 +131,9 @@ _NO_EFFECT: Tuple[Tuple[str, Callable[[argparse.Namespace], bool], str], ...] = 
      "megatron-core's fused masked softmax is never used here"),
     ("--no-rope-fusion", lambda a: not a.apply_rope_fusion,
      "Transformer Engine's fused RoPE is never used here"),
+    ("--moe-permutation-async-comm", lambda a: a.moe_permutation_async_comm,
+     "it reorders the MoE dispatchers' communication on NPUs (MindSpeed) and changes no "
+     "result; the dispatchers here run megatron-core's order"),
     ("--local-rank", lambda a: a.local_rank is not None,
      "the device comes from the LOCAL_RANK variable the launcher sets"),
 )

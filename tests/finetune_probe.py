@@ -6,6 +6,8 @@ with one rank): `finetune_probe.py OUT ARGS...` builds the model from ARGS and w
   same for the second sample without the mask (showing the check can fail);
 * loss / hand_loss: the train loop's loss_func on a packed batch, and the same loss computed by
   hand from the logits over the response tokens only;
+* left_gap: the loss difference between a micro-batch of two samples padded on the right and
+  the same padded on the left (--tokenizer-padding-side left);
 
 for RoPE and for learned absolute position embeddings (which read the restarted position ids).
 """
@@ -86,11 +88,22 @@ def _check(args, device: str) -> dict:
         responses += [(first + i, t) for i, t in enumerate(response)]
         start += len(prompt) + len(response)
     hand = -sum(log_probs[p, t] for p, t in responses) / len(responses)
+    pair = [row(SAMPLE_A), row(SAMPLE_B)]
+    sides = [InstructionCollator(args.seq_length, variable=True, multiple=1, left=left)(pair)
+             for left in (False, True)]
+    assert not torch.equal(sides[0]["tokens"], sides[1]["tokens"])
+    side_losses = []
+    for batch in sides:
+        out = model(batch["tokens"], batch["position_ids"], batch.get("attention_mask"),
+                    labels=batch["labels"])
+        side_sum, side_tokens, _ = loss_func(batch["loss_mask"], out)
+        side_losses.append((side_sum / side_tokens).item())
     unmasked = dict(packed, attention_mask=None)
     unmasked_gap = (logits(unmasked)[0][len_a:len_a + len(alone_b)] - alone_b).abs().max()
     return {"packed": packed_gap, "unmasked": unmasked_gap.item(),
             "loss": (loss_sum / tokens).item(), "tokens": int(tokens),
-            "hand_loss": hand.item(), "hand_tokens": len(responses)}
+            "hand_loss": hand.item(), "hand_tokens": len(responses),
+            "left_gap": abs(side_losses[0] - side_losses[1]), "right_loss": side_losses[0]}
 
 
 if __name__ == "__main__":

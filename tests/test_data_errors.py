@@ -80,7 +80,7 @@ def test_bad_sharegpt_turn_order_is_an_error(demo, tmp_path):  # noqa: F811
     (["--pack", "--seq-length", "8"], "--pack does not apply to GeneralPretrainHandler"),
     (["--handler-name", "AlpacaStyleInstructionHandler", "--prompt-type", "alpaca", "--pack"],
      "--pack needs --seq-length"),
-    (["--seed", "3"], "--seed only orders packed sequences"),
+    (["--seed", "3"], "--seed orders packed sequences and seeds --interleave-probs; it needs one of them"),
     (["--keep-newlines"], "--keep-newlines needs --split-sentences"),
     (["--map-keys", '{"prompt": "q"}'], "--map-keys does not apply to GeneralPretrainHandler"),
     (["--handler-name", "AlpacaStyleInstructionHandler", "--prompt-type", "alpaca", "--map-keys", '{"bogus": "q"}'],

@@ -1,14 +1,24 @@
-"""The LLaMA-2-7B LoRA example script runs unchanged on two CPU ranks with a small override."""
+"""The LLaMA-2-7B LoRA example script runs unchanged on two CPU ranks with a small override,
+on a tiny Hugging Face Llama converted to Megatron (TP=2) as its base model."""
 import os
 import subprocess
 
 import torch
+import transformers
 
 from conftest import ROOT, _free_port
 from data_helpers import demo, preprocess  # noqa: F401  (demo is a fixture)
+from test_convert_families import convert
+from test_finetune_example import MODEL
 
 
 def test_llama2_7b_lora_script_on_two_cpu_ranks(tmp_path, demo):  # noqa: F811
+    tokenizer = transformers.AutoTokenizer.from_pretrained(demo["tokenizer"])
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(vocab_size=len(tokenizer), **MODEL))
+    hf.save_pretrained(tmp_path / "hf")
+    convert("--load-model-type", "hf", "--save-model-type", "mg",
+            "--load-dir", str(tmp_path / "hf"), "--save-dir", str(tmp_path / "base"),
+            "--target-tensor-parallel-size", "2")
     preprocess(demo["instruction"], tmp_path / "alpaca", demo["tokenizer"],
                "--handler-name", "AlpacaStyleInstructionHandler", "--prompt-type", "llama2")
     env = dict(

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from modellink.arguments import build_parser, parse_args
+from modellink.data import preprocess_args
 from modellink.errors import run_cli
 from modellink.evaluation.arguments import add_evaluation_args, parse_evaluation_args
 from modellink.inference.arguments import build_inference_parser, parse_inference_args
@@ -42,20 +43,25 @@ def _doc_sections() -> Dict[str, List[Row]]:
 
 def _accepted(parser: argparse.ArgumentParser) -> Dict[str, argparse.Action]:
     return {flag: action for flag, action in parser._option_string_actions.items()
-            if not isinstance(action, (_NotSupportedYet, argparse._HelpAction))}
+            if not isinstance(action, (_NotSupportedYet, preprocess_args._NotSupportedYet,
+                                       argparse._HelpAction))}
 
 
 PARSERS = {"pretrain_gpt.py": build_parser(), "inference.py": build_inference_parser(),
-           "evaluation.py": build_inference_parser(add_evaluation_args)}
+           "evaluation.py": build_inference_parser(add_evaluation_args),
+           "preprocess_data.py": preprocess_args.build_parser()}
+PREPROCESS_UNSUPPORTED = "Not supported yet (preprocess_data.py)"
 
 
 def test_every_doc_row_matches_the_parsers_and_every_accepted_flag_has_a_row():
     sections = _doc_sections()
     training = {f for row in sections["pretrain_gpt.py"] for f in row[0]}
     unsupported = [row for title, rows in sections.items() if title.startswith("Not supported")
-                   for row in rows]
+                   and title != PREPROCESS_UNSUPPORTED for row in rows]
     assert {row[0][0]: row[1] for row in unsupported} == UNSUPPORTED
-    assert all(row[2] == "not supported yet" for row in unsupported)
+    preprocess_unsupported = sections[PREPROCESS_UNSUPPORTED]
+    assert {row[0][0]: row[1] for row in preprocess_unsupported} == preprocess_args.UNSUPPORTED
+    assert all(row[2] == "not supported yet" for row in unsupported + preprocess_unsupported)
     for title, parser in PARSERS.items():
         accepted = _accepted(parser)
         listed = {f for row in sections[title] for f in row[0]}
@@ -67,7 +73,8 @@ def test_every_doc_row_matches_the_parsers_and_every_accepted_flag_has_a_row():
                 text = (ROOT / "tests" / test).read_text()
                 dest = accepted[flags[0]].dest
                 assert flags[0] in text or dest in text, f"{test} does not exercise {flags[0]}"
-        missing = set(accepted) - listed - (training if title != "pretrain_gpt.py" else set())
+        reused = training if title in ("inference.py", "evaluation.py") else set()
+        missing = set(accepted) - listed - reused
         assert not missing, f"{title} accepts flags docs/modellink_flags.md lacks: {missing}"
     rows = {f: row for row in sections["pretrain_gpt.py"] for f in row[0]}
     for flag in no_effect_flags():
@@ -83,6 +90,15 @@ def test_unsupported_flag_is_one_line_error_naming_what_modellink_uses_it_for(fl
                                         "supported yet"
 
 
+@pytest.mark.parametrize("flag", sorted(preprocess_args.UNSUPPORTED))
+def test_preprocess_unsupported_flag_is_one_line_error(flag, capsys):
+    from modellink.data.preprocess import main
+    with pytest.raises(SystemExit) as exit_info:
+        main([flag, "1"])
+    assert str(exit_info.value) == (f"preprocess_data.py: error: {flag} (ModelLink: "
+                                    f"{preprocess_args.UNSUPPORTED[flag]}) is not supported yet")
+
+
 def test_evaluation_rejects_unsupported_flags_too(capsys):
     assert run_cli(lambda: parse_evaluation_args(["--moe-layer-freq", "1"])) == 2
     assert capsys.readouterr().err.startswith("error: --moe-layer-freq (ModelLink: ")
@@ -91,7 +107,7 @@ def test_evaluation_rejects_unsupported_flags_too(capsys):
 def test_flags_without_effect_and_mc2_without_sequence_parallelism_are_logged():
     args = parse_args(BASE + ["--use-mcore-models", "--no-gradient-accumulation-fusion",
                               "--no-masked-softmax-fusion", "--no-rope-fusion",
-                              "--local-rank", "0", "--use-mc2"])
+                              "--local-rank", "0", "--use-mc2", "--moe-permutation-async-comm"])
     notes = "\n".join(args.compatibility_notes)
     for flag in no_effect_flags():
         assert f"{flag} has no effect" in notes

@@ -21,3 +21,11 @@ def activate(local_rank: int) -> None:
     from torch_npu.contrib import transfer_to_npu  # noqa: F401
 
     torch.npu.set_device(local_rank)
+
+
+def enable_jit_compile() -> None:
+    """--jit-compile: torch_npu compiles operators just in time for the shapes met instead of
+    running its pre-built binary kernels (ModelLink passes this on NPU only)."""
+    import torch_npu
+
+    torch_npu.npu.set_compile_mode(jit_compile=True)

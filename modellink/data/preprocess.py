@@ -18,6 +18,8 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from megatron.core.datasets.indexed_dataset import DType
 
+from modellink.argument_errors import ArgumentError
+from modellink.data import hf_datasets
 from modellink.data.handlers import HandlerOptions, get_handler_class
 from modellink.data.merge import merge_datasets
 from modellink.data.packing import pack_dataset
@@ -62,10 +64,10 @@ def _where(chunk: Chunk, location: int, line_base: int) -> str:
     return f"{chunk.path}:{location}" if chunk.unit == "line" else f"{chunk.path} row {location}"
 
 
-def _tokenize_all(args: argparse.Namespace, config: WorkerConfig, files: List[str],
+def _tokenize_all(args: argparse.Namespace, config: WorkerConfig, chunks: Iterable[Chunk],
                   writer: DatasetWriter, progress: Progress) -> None:
     line_base: Dict[str, int] = {}
-    for chunk, result in _results(plan_chunks(files), config, args.workers):
+    for chunk, result in _results(chunks, config, args.workers):
         base = line_base.get(chunk.path, 0)
         allowed = math.inf if args.max_samples is None else args.max_samples - progress.records
         limit = min(result.n_records, allowed)
@@ -102,19 +104,28 @@ def run(args: argparse.Namespace) -> List[str]:
         prompt_type=args.prompt_type, map_keys=args.map_keys, split_sentences=args.split_sentences,
         keep_newlines=args.keep_newlines)
     handler = get_handler_class(args.handler_name)(tokenizer, options)
-    files = discover_inputs(args.input)
-    _cap_workers(args, files)
+    use_hf = hf_datasets.wanted(args)
+    files = hf_datasets.input_files(args) if use_hf else discover_inputs(args.input)
+    if args.n_subs is not None and args.n_subs > args.workers:
+        args.workers = args.n_subs
+    _cap_workers(args, None if use_hf else files)
     prefixes = {k: f"{args.output_prefix}{handler.prefix_suffix}_{k}_{handler.level}" for k in handler.output_keys}
     check_outputs_free(prefixes.values(), args.overwrite)
     dtype = DType.optimal_dtype(tokenizer.vocab_size) if handler.vocab_dtype else np.int32
-    logger.info("Vocab size: %d; %s reading %d file(s) from %s with %d worker(s)",
-                tokenizer.vocab_size, args.handler_name, len(files), args.input, args.workers)
+    source = args.hf_datasets_params or args.input
+    logger.info("Vocab size: %d (padded for training: %d); %s reading %d file(s) from %s%s with %d worker(s)",
+                tokenizer.vocab_size, _padded_vocab_size(args, tokenizer.vocab_size), args.handler_name,
+                len(files), source,
+                " through Hugging Face datasets" if use_hf else "", args.workers)
+    total_bytes = sum(os.path.getsize(f) for f in files)
+    chunks = (hf_datasets.record_chunks(hf_datasets.load(args), source, total_bytes) if use_hf
+              else plan_chunks(files))
 
     config = WorkerConfig(_tokenizer_args(args), args.handler_name, options, args.skip_bad_records)
-    progress = Progress(sum(os.path.getsize(f) for f in files), args.log_interval, args.max_samples)
+    progress = Progress(total_bytes, args.log_interval, args.max_samples)
     if not args.pack:
         with DatasetWriter(prefixes, {k: dtype for k in prefixes}) as writer:
-            _tokenize_all(args, config, files, writer, progress)
+            _tokenize_all(args, config, chunks, writer, progress)
             writer.finalize()
             outputs = writer.publish()
         logger.info(progress.summary(writer.tokens, outputs))
@@ -124,7 +135,7 @@ def run(args: argparse.Namespace) -> List[str]:
     stage_prefixes = {k: f"{prefixes[k]}.unpacked" for k in ("input_ids", "labels")}
     with DatasetWriter(stage_prefixes, {k: dtype for k in stage_prefixes}) as stage:
         try:
-            _tokenize_all(args, config, files, stage, progress)
+            _tokenize_all(args, config, chunks, stage, progress)
             stage.finalize()
             with DatasetWriter(prefixes, {k: dtype for k in prefixes}) as writer:
                 packs = pack_dataset(stage.temp_prefixes, args.seq_length, tokenizer.pad,
@@ -138,11 +149,23 @@ def run(args: argparse.Namespace) -> List[str]:
     return outputs
 
 
-def _cap_workers(args: argparse.Namespace, files: List[str]) -> None:
+def _padded_vocab_size(args: argparse.Namespace, vocab_size: int) -> int:
+    """The embedding size training will use, as Megatron-LM pads it; the data does not change,
+    but a --pad-vocab-size-to below the vocabulary is caught here, before hours of training."""
+    if args.pad_vocab_size_to is not None:
+        if args.pad_vocab_size_to < vocab_size:
+            raise ArgumentError(f"--pad-vocab-size-to {args.pad_vocab_size_to} is below the tokenizer's "
+                                f"vocabulary of {vocab_size}")
+        return args.pad_vocab_size_to
+    multiple = args.make_vocab_size_divisible_by
+    return -(-vocab_size // multiple) * multiple
+
+
+def _cap_workers(args: argparse.Namespace, files: Optional[List[str]]) -> None:
     """More workers than CPUs or chunks only add processes (each loads a tokenizer); thousands
-    of them exhaust memory and hang the run."""
+    of them exhaust memory and hang the run. ``files`` is None where the chunk count is unknown."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    chunks = max_chunks(files)
+    chunks = None if files is None else max_chunks(files)
     useful = min(args.workers, cpus, chunks or args.workers)
     if useful < args.workers:
         logger.info("--workers %d capped to %d (CPUs available: %d, input chunks at most: %s)",
@@ -153,14 +176,13 @@ def _cap_workers(args: argparse.Namespace, files: List[str]) -> None:
 def _tokenizer_args(args: argparse.Namespace) -> argparse.Namespace:
     """Just the tokenizer flags, so what is sent to workers stays small and picklable."""
     names = ("tokenizer_type", "tokenizer_name_or_path", "tokenizer_model", "vocab_file", "merge_file",
-             "vocab_size", "tokenizer_not_use_fast", "tokenizer_padding_side")
+             "vocab_size", "tokenizer_not_use_fast", "tokenizer_padding_side", "tokenizer_kwargs")
     return argparse.Namespace(**{n: getattr(args, n) for n in names})
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", stream=sys.stderr)
-    args = build_parser().parse_args(argv)
     try:
-        run(args)
+        run(build_parser().parse_args(argv))
     except (UserError, OSError) as err:
         sys.exit(f"preprocess_data.py: error: {err}")

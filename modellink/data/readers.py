@@ -51,12 +51,12 @@ Chunk = Union[LineChunk, RecordChunk]
 def discover_inputs(path: str) -> List[str]:
     """``path`` itself, or the supported data files directly inside the folder ``path`` (sorted)."""
     if os.path.isfile(path):
-        if _format(path) is None:
+        if input_format(path) is None:
             raise ArgumentError(f"--input {path}: unsupported file type; supported: {', '.join(FORMATS)}")
         return [path]
     if os.path.isdir(path):
         files = sorted(os.path.join(path, n) for n in os.listdir(path)
-                       if not n.startswith(".") and _format(n) and os.path.isfile(os.path.join(path, n)))
+                       if not n.startswith(".") and input_format(n) and os.path.isfile(os.path.join(path, n)))
         if not files:
             raise ArgumentError(f"--input {path}: no {', '.join(FORMATS)} files in this folder")
         return files
@@ -69,19 +69,19 @@ def max_chunks(files: List[str]) -> Optional[int]:
     record count (None)."""
     total = 0
     for path in files:
-        if _format(path) not in ("jsonl", "txt"):
+        if input_format(path) not in ("jsonl", "txt"):
             return None
         total += max(1, -(-os.path.getsize(path) // LINE_CHUNK_BYTES))
     return total
 
 
-def _format(path: str) -> str:
+def input_format(path: str) -> Optional[str]:
     return FORMATS.get(os.path.splitext(path)[1].lower())
 
 
 def plan_chunks(files: List[str]) -> Iterator[Chunk]:
     for path in files:
-        fmt = _format(path)
+        fmt = input_format(path)
         if fmt == "json":
             fmt = "json_array" if _first_char(path) == "[" else "jsonl"
         if fmt in ("jsonl", "txt"):

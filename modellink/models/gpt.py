@@ -17,6 +17,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from modellink.models.gpt_model import ModelLinkGPTModel
 from modellink.models.layer_spec import decoder_layer_spec, norm_spec, window_from_args
 from modellink.models.lora import with_adapters
+from modellink.models.moe import moe_config_kwargs
 from modellink.ops.activations import activation_from_args
 from modellink.ops.rope_scaling import RopeScaling, scaled_inv_freq
 
@@ -59,6 +60,7 @@ def transformer_config_from_args(args: argparse.Namespace, device: str) -> Trans
         layernorm_epsilon=args.norm_epsilon,
         normalization=args.normalization,
         layernorm_zero_centered_gamma=args.add_rmsnorm_offset,
+        qk_layernorm=args.qk_layernorm,
         add_bias_linear=args.add_bias_linear,
         add_qkv_bias=args.add_qkv_bias,
         gated_linear_unit=gated,
@@ -102,17 +104,7 @@ def transformer_config_from_args(args: argparse.Namespace, device: str) -> Trans
     )
     if args.pipeline_layers is not None:
         kwargs["pipeline_model_parallel_layout"] = _layout_from_layer_list(args.pipeline_layers)
-    if args.num_experts is not None:
-        kwargs.update(
-            num_moe_experts=args.num_experts,
-            moe_ffn_hidden_size=args.moe_ffn_hidden_size,
-            moe_router_topk=args.moe_router_topk,
-            moe_router_load_balancing_type=args.moe_router_load_balancing_type,
-            moe_aux_loss_coeff=args.moe_aux_loss_coeff,
-            moe_z_loss_coeff=args.moe_z_loss_coeff,
-            moe_token_dispatcher_type=args.moe_token_dispatcher_type,
-            moe_grouped_gemm=args.moe_grouped_gemm,
-        )
+    kwargs.update(moe_config_kwargs(args))
     scaling = rope_scaling_from_args(args)
     if scaling is not None and scaling.kind == "yarn":
         # Hugging Face's attention factor: mscale / mscale_all_dim only when both are set.

@@ -24,6 +24,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_layer import TransformerLayerSubmodules
 
 from modellink.models.decoding_layer import DecodingTransformerLayer
+from modellink.models.moe import expert_path, use_grouped_gemm
 from modellink.models.sandwich_layer import SandwichLayerSubmodules, SandwichNormLayer
 from modellink.ops.activations import mlp_activation
 from modellink.ops.attention import (
@@ -106,7 +107,7 @@ def _mlp_spec(args: argparse.Namespace, ops: OperatorChoices) -> ModuleSpec:
         # MoE experts keep megatron-core's linears and activation path.
         return get_mlp_module_spec_for_backend(backend=_ModelLinkSpecProvider(args),
                                                num_experts=args.num_experts,
-                                               moe_grouped_gemm=args.moe_grouped_gemm)
+                                               moe_grouped_gemm=use_grouped_gemm(args))
     submodules = MLPSubmodules(
         linear_fc1=MC2ColumnParallelLinear if ops.fused_mc2 else ColumnParallelLinear,
         linear_fc2=MC2RowParallelLinear if ops.fused_mc2 else RowParallelLinear)
@@ -118,7 +119,7 @@ def _mlp_spec(args: argparse.Namespace, ops: OperatorChoices) -> ModuleSpec:
                               "recompute_activation": args.recompute_activation_function})
 
 
-def _self_attention_spec(ops: OperatorChoices) -> ModuleSpec:
+def _self_attention_spec(ops: OperatorChoices, qk_norm: ModuleSpec) -> ModuleSpec:
     core_attention = (DotProductAttention if ops.attention is None
                       else partial(FlashSelfAttention, settings=ops.attention))
     params = {"attn_mask_type": AttnMaskType.causal}
@@ -132,8 +133,8 @@ def _self_attention_spec(ops: OperatorChoices) -> ModuleSpec:
             linear_qkv=MC2ColumnParallelLinear if ops.fused_mc2 else ColumnParallelLinear,
             core_attention=core_attention,
             linear_proj=MC2RowParallelLinear if ops.fused_mc2 else RowParallelLinear,
-            q_layernorm=IdentityOp,
-            k_layernorm=IdentityOp,
+            q_layernorm=qk_norm,
+            k_layernorm=qk_norm,
         ),
     )
 
@@ -144,7 +145,7 @@ def decoder_layer_spec(args: argparse.Namespace) -> ModuleSpec:
     norm = norm_spec(args)
     submodules = dict(
         input_layernorm=norm,
-        self_attention=_self_attention_spec(ops),
+        self_attention=_self_attention_spec(ops, norm if args.qk_layernorm else IdentityOp),
         self_attn_bda=get_bias_dropout_add,
         pre_mlp_layernorm=norm,
         mlp=_mlp_spec(args, ops),
@@ -203,4 +204,5 @@ def operator_paths(args: argparse.Namespace, device: str) -> str:
     rmsnorm = ops.rmsnorm.name if args.normalization == "RMSNorm" else "n/a"
     return (f"attention: {attention}, rmsnorm: {rmsnorm}, "
             f"swiglu: {_swiglu_path(args, ops, device)}, rotary: {rotary}, mc2: {mc2}, "
-            f"recompute: {recompute}")
+            f"recompute: {recompute}"
+            + (f", MoE experts: {expert_path(args)}" if args.num_experts is not None else ""))

@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import functools
 import math
+import sys
 import zlib
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -63,11 +64,39 @@ def _adapter(rows: int, cols: int, like: torch.Tensor) -> torch.nn.ModuleDict:
     return torch.nn.ModuleDict({"default": linear})
 
 
+class _BaseAndDown(torch.autograd.Function):
+    """--lora-fusion: the base projection and the adapter's A projection of the same input as
+    one GEMM, x @ [W; A]^T, split into the base output and the rank-r activation. The backward
+    is one GEMM for the input gradient, A's r-row weight gradient, and W's only when W is
+    trained (autograd through torch.cat would compute the frozen W's full gradient too)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, down: torch.Tensor
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        ctx.save_for_backward(x, weight, down)
+        both = F.linear(x, torch.cat([weight, down]))
+        return both[..., :weight.shape[0]], both[..., weight.shape[0]:]
+
+    @staticmethod
+    def backward(ctx: Any, d_out: torch.Tensor, d_low: torch.Tensor
+                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+        x, weight, down = ctx.saved_tensors
+        d_both = torch.cat([d_out, d_low], dim=-1)
+        d_x = torch.matmul(d_both, torch.cat([weight, down]))
+        flat_x = x.reshape(-1, x.shape[-1])
+        d_down = d_low.reshape(-1, d_low.shape[-1]).t().matmul(flat_x)
+        d_weight = (d_out.reshape(-1, d_out.shape[-1]).t().matmul(flat_x)
+                    if ctx.needs_input_grad[1] else None)
+        return d_x, d_weight, d_down
+
+
 class _Adapted:
-    """What both adapter variants share; `lora_r` / `lora_alpha` come from adapter_class()."""
+    """What both adapter variants share; `lora_r` / `lora_alpha` / `lora_fusion` come from
+    adapter_class()."""
 
     lora_r: int
     lora_alpha: int
+    lora_fusion: bool
     lora_A: torch.nn.ModuleDict
     lora_B: torch.nn.ModuleDict
 
@@ -83,6 +112,16 @@ class _Adapted:
     def full_a_slice(self, full: torch.Tensor) -> torch.Tensor:
         """This rank's part of a full-size A (drawn the same way at every layout)."""
         return full
+
+    def _fused_forward(self, input_: torch.Tensor, weight: torch.Tensor
+                       ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """--lora-fusion on one tensor-parallel rank (validate_lora_args refuses more), where
+        both base linears are plain x @ W^T with the bias added or handed back."""
+        output, low = _BaseAndDown.apply(input_, weight, self.lora_A["default"].weight)
+        output = output + F.linear(low, self.lora_B["default"].weight) * self.lora_scaling
+        if self.skip_bias_add:
+            return output, self.bias
+        return (output if self.bias is None else output + self.bias), None
 
     def _sharded(self, prefix: str, sharded_offsets: tuple, metadata: Optional[dict],
                  axes: Dict[str, int]) -> Dict[str, Any]:
@@ -103,6 +142,8 @@ class _ColumnAdapted(_Adapted):
     def forward(self, input_: torch.Tensor, weight: Optional[torch.Tensor] = None,
                 runtime_gather_output: Optional[bool] = None
                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if self.lora_fusion:
+            return self._fused_forward(input_, self.weight if weight is None else weight)
         output, bias = super().forward(input_, weight, runtime_gather_output)
         low = F.linear(input_, self.lora_A["default"].weight)
         if self.sequence_parallel:  # backward: reduce-scatter, as the base layer's input
@@ -141,6 +182,8 @@ class _RowAdapted(_Adapted):
         return full[:, rank * width:(rank + 1) * width]
 
     def forward(self, input_: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if self.lora_fusion:
+            return self._fused_forward(input_, self.weight)
         output, bias = super().forward(input_)
         local = input_ if self.input_is_parallel else \
             scatter_to_tensor_model_parallel_region(input_, group=self.tp_group)
@@ -157,21 +200,24 @@ class _RowAdapted(_Adapted):
 
 
 @functools.lru_cache(maxsize=None)
-def adapter_class(base: type, r: int, alpha: int) -> type:
+def adapter_class(base: type, r: int, alpha: int, fusion: bool = False) -> type:
     """`base` (ColumnParallelLinear, RowParallelLinear or a subclass such as the MC2 linears)
-    with LoRA adapters of rank r; a class, as attention builds linear_qkv by calling it."""
+    with LoRA adapters of rank r; a class, as attention builds linear_qkv by calling it.
+    `fusion` (--lora-fusion) computes base and A projections in one GEMM."""
     if issubclass(base, ColumnParallelLinear):
         mixin: type = _ColumnAdapted
     elif issubclass(base, RowParallelLinear):
         mixin = _RowAdapted
     else:
         raise ValueError(f"LoRA wraps megatron-core parallel linears, not {base.__name__}")
-    return type(f"Lora{base.__name__}", (mixin, base), {"lora_r": r, "lora_alpha": alpha})
+    return type(f"Lora{base.__name__}", (mixin, base),
+                {"lora_r": r, "lora_alpha": alpha, "lora_fusion": fusion})
 
 
-def _adapt(spec: ModuleSpec, targets: List[str], r: int, alpha: int) -> ModuleSpec:
+def _adapt(spec: ModuleSpec, targets: List[str], r: int, alpha: int, fusion: bool
+           ) -> ModuleSpec:
     submodules = spec.submodules
-    changes = {name: adapter_class(getattr(submodules, name), r, alpha)
+    changes = {name: adapter_class(getattr(submodules, name), r, alpha, fusion)
                for name in targets if hasattr(submodules, name)}
     return dataclasses.replace(spec, submodules=dataclasses.replace(submodules, **changes))
 
@@ -180,14 +226,13 @@ def with_adapters(layer: ModuleSpec, args: argparse.Namespace) -> ModuleSpec:
     """The decoder layer spec with --lora-target-modules wrapped (unchanged without LoRA)."""
     if not lora_enabled(args):
         return layer
-    targets, r, alpha = args.lora_target_modules, args.lora_r, args.lora_alpha
+    adapters = (args.lora_target_modules, args.lora_r, args.lora_alpha, args.lora_fusion)
     submodules = layer.submodules
     mlp = submodules.mlp
     if isinstance(mlp.submodules, MLPSubmodules):  # MoE experts: refused by the flag checks
-        mlp = _adapt(mlp, targets, r, alpha)
+        mlp = _adapt(mlp, *adapters)
     return dataclasses.replace(layer, submodules=dataclasses.replace(
-        submodules, self_attention=_adapt(submodules.self_attention, targets, r, alpha),
-        mlp=mlp))
+        submodules, self_attention=_adapt(submodules.self_attention, *adapters), mlp=mlp))
 
 
 def is_trainable(name: str, modules_to_save: Optional[List[str]]) -> bool:
@@ -219,12 +264,34 @@ def init_adapters(chunks: List[torch.nn.Module], seed: int) -> None:
                 torch.nn.init.zeros_(module.lora_B["default"].weight)
 
 
+def _output_requires_grad(module: torch.nn.Module, inputs: Any, output: Any) -> None:
+    if isinstance(output, torch.Tensor) and output.is_floating_point():
+        output.requires_grad_(True)
+
+
+def register_grad_hooks(chunks: List[torch.nn.Module], names: List[str]) -> int:
+    """--lora-register-forward-hook: the outputs of the modules so named (the last part of the
+    module path) require grad. With --recompute-granularity full a recomputed block is an
+    autograd function of its input tensor alone; fed by frozen embeddings its output would
+    not require grad and the adapters inside would get none. Returns the hooks registered."""
+    count = 0
+    for chunk in chunks:
+        for name, module in chunk.named_modules():
+            if name.split(".")[-1] in names:
+                module.register_forward_hook(_output_requires_grad)
+                count += 1
+    return count
+
+
 def prepare_for_training(chunks: List[torch.nn.Module], args: argparse.Namespace) -> None:
-    """Initialise the adapters and freeze everything that is not trained."""
+    """Initialise the adapters and freeze everything that is not trained; as ModelLink, the
+    --lora-register-forward-hook modules get their hooks when whole layers are recomputed."""
     init_adapters(chunks, args.seed)
     for chunk in chunks:
         for name, param in chunk.named_parameters():
             param.requires_grad_(is_trainable(name, args.lora_modules_to_save))
+    if args.recompute_granularity == "full":
+        register_grad_hooks(chunks, args.lora_register_forward_hook)
 
 
 def saved_weights(module: torch.nn.Module, args: argparse.Namespace) -> Dict[str, Any]:
@@ -237,16 +304,25 @@ def saved_weights(module: torch.nn.Module, args: argparse.Namespace) -> Dict[str
 
 def load_weights(module: torch.nn.Module, state: Dict[str, Any], part: str,
                  args: argparse.Namespace) -> None:
-    """part "all": a whole model, strictly; "base": a model without adapters (a pretrained or
-    converted checkpoint); "adapters": what saved_weights() kept. Raises RuntimeError naming
-    the keys that do not fit."""
-    if part == "all":
+    """part "all": a whole model, strictly unless --load-checkpoint-loosely (then the weights
+    that fit are loaded and the rest is named on stderr, as ModelLink's strict=False); "base":
+    a model without adapters (a pretrained or converted checkpoint); "adapters": what
+    saved_weights() kept. Raises RuntimeError naming the keys that do not fit."""
+    loosely = part == "all" and args.load_checkpoint_loosely
+    if part == "all" and not loosely:
         module.load_state_dict(state, strict=True)
         return
     if isinstance(module, Float16Module):  # its load_state_dict returns nothing
         module = module.module
     result = module.load_state_dict(state, strict=False)
     modules_to_save = args.lora_modules_to_save
+    if loosely:
+        for kind, keys in (("missing", result.missing_keys),
+                           ("unexpected", result.unexpected_keys)):
+            if keys:
+                print(f"WARNING: --load-checkpoint-loosely: {len(keys)} {kind} weight(s) left "
+                      f"as they were: {', '.join(keys)}", file=sys.stderr, flush=True)
+        return
     if part == "base":
         missing = [k for k in result.missing_keys if ".lora_A." not in k and ".lora_B." not in k]
     else:

@@ -17,6 +17,7 @@ from modellink.models.gpt import build_model_chunks
 from modellink.models.init import init_layout_independent
 from modellink.models.lora import lora_enabled, prepare_for_training
 from modellink.training.replica import optimizer_instances
+from modellink.training.sample_schedule import schedule_steps
 
 
 def build_model(args: argparse.Namespace, config: TransformerConfig) -> List[torch.nn.Module]:
@@ -68,6 +69,7 @@ def build_optimizer(args: argparse.Namespace, config: TransformerConfig,
         clip_grad=args.clip_grad,
         use_distributed_optimizer=args.use_distributed_optimizer,
         overlap_param_gather_with_optimizer_step=False,
+        log_num_zeros_in_grad=args.log_num_zeros_in_grad,
     )
     return get_megatron_optimizer(optimizer_config, model)
 
@@ -76,23 +78,20 @@ def build_scheduler(args: argparse.Namespace, optimizer: MegatronOptimizer
                     ) -> OptimizerParamScheduler:
     """Megatron-LM counts scheduler steps in samples, so resumed runs with a changed batch
     size keep the same schedule."""
-    gbs = args.global_batch_size
-    warmup_iters = (args.lr_warmup_fraction * args.lr_decay_iters
-                    if args.lr_warmup_fraction is not None else args.lr_warmup_iters)
-    wsd_iters = args.lr_wsd_decay_iters or 0
+    steps = schedule_steps(args)
     return OptimizerParamScheduler(
         optimizer,
         init_lr=args.lr_warmup_init,
         max_lr=args.lr,
         min_lr=args.min_lr,
-        lr_warmup_steps=int(warmup_iters * gbs),
-        lr_decay_steps=args.lr_decay_iters * gbs,
+        lr_warmup_steps=steps.warmup,
+        lr_decay_steps=steps.decay,
         lr_decay_style=args.lr_decay_style,
         start_wd=args.start_weight_decay,
         end_wd=args.end_weight_decay,
-        wd_incr_steps=args.train_iters * gbs,
+        wd_incr_steps=steps.weight_decay_increment,
         wd_incr_style=args.weight_decay_incr_style,
-        wsd_decay_steps=wsd_iters * gbs,
+        wsd_decay_steps=steps.wsd_decay,
         lr_wsd_decay_style=args.lr_wsd_decay_style,
         use_checkpoint_opt_param_scheduler=args.use_checkpoint_opt_param_scheduler,
         override_opt_param_scheduler=args.override_opt_param_scheduler,
@@ -105,7 +104,8 @@ _SCHEDULE_ENTRIES = {
     "max_lr": ("--lr", ("start_lr",)),
     "min_lr": ("--min-lr", ()),
     "lr_warmup_steps": ("--lr-warmup-iters/--lr-warmup-fraction", ("warmup_iter", "warmup_steps")),
-    "lr_decay_steps": ("--lr-decay-iters, default --train-iters", ("end_iter", "decay_steps")),
+    "lr_decay_steps": ("--lr-decay-iters/--lr-decay-samples, default the run's length",
+                       ("end_iter", "decay_steps")),
     "lr_decay_style": ("--lr-decay-style", ("decay_style",)),
     "start_wd": ("--start-weight-decay", ()),
     "end_wd": ("--end-weight-decay", ()),

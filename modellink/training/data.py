@@ -155,7 +155,8 @@ def _instruction_config(args: argparse.Namespace, tokenizer: Any,
     return InstructionDatasetConfig(
         random_seed=args.seed, sequence_length=args.seq_length, blend=blend, split=args.split,
         path_to_cache=args.data_cache_path, mmap_bin_files=args.mmap_bin_files,
-        tokenizer=_TokenizerForDataset(tokenizer), shuffle=not args.no_shuffle)
+        tokenizer=_TokenizerForDataset(tokenizer), shuffle=not args.no_shuffle,
+        full_shuffle=args.full_shuffle_instruction_dataset)
 
 
 def _split_sizes(args: argparse.Namespace) -> List[int]:
@@ -227,8 +228,10 @@ def build_iterator(dataset: Any, args: argparse.Namespace, consumed_samples: int
     if args.is_instruction_dataset:
         collate = InstructionCollator(
             args.seq_length, args.variable_seq_lengths,
-            length_multiple(args.tensor_model_parallel_size, args.sequence_parallel),
-            dataset.config.tokenizer.eod if args.eod_mask_loss else None)
+            length_multiple(args.tensor_model_parallel_size, args.sequence_parallel,
+                            args.pad_to_multiple_of),
+            dataset.config.tokenizer.eod if args.eod_mask_loss else None,
+            left=args.tokenizer_padding_side == "left")
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=args.num_workers,
         persistent_workers=args.num_workers > 0, collate_fn=collate,

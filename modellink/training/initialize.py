@@ -50,6 +50,12 @@ def initialize(args: argparse.Namespace) -> backends.Backend:
             backend=args.distributed_backend or backend.distributed_backend,
             timeout=timedelta(minutes=args.distributed_timeout_minutes),
         )
+    if args.jit_compile:
+        if backend.device == "npu":
+            backends.npu.enable_jit_compile()
+        elif torch.distributed.get_rank() == 0:
+            print(f"modellink: --jit-compile has no effect on {backend.device} (it sets "
+                  f"torch_npu's compile mode)", flush=True)
     world = torch.distributed.get_world_size()
     if world != args.world_size:
         raise RuntimeError(f"parsed arguments for world size {args.world_size}, running {world}")

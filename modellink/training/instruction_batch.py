@@ -9,6 +9,10 @@ starts wherever the id changes: position ids restart there, and when a micro-bat
 with two samples or more, the attention mask (True = masked, megatron-core's convention) keeps
 every query within its own sample. Padding is its own segment, so no query is left with nothing
 to attend to (a fully masked softmax row would be NaN).
+
+With --tokenizer-padding-side left, as ModelLink's collator (the tokenizer's padding side), the
+padding goes before the sample: the mask then keeps every real query off it and positions start
+at 0 on the first real token, so the model sees each sample exactly as right-padded.
 """
 from __future__ import annotations
 
@@ -25,9 +29,11 @@ from modellink.data.handlers import IGNORE_INDEX
 LENGTH_MULTIPLE = 8
 
 
-def length_multiple(tensor_parallel: int, sequence_parallel: bool) -> int:
-    """Sequence parallelism splits the sequence across tensor-parallel ranks."""
-    return math.lcm(LENGTH_MULTIPLE, tensor_parallel if sequence_parallel else 1)
+def length_multiple(tensor_parallel: int, sequence_parallel: bool,
+                    multiple: int = LENGTH_MULTIPLE) -> int:
+    """`multiple` is --pad-to-multiple-of; sequence parallelism splits the sequence across
+    tensor-parallel ranks, so the length must divide among them too."""
+    return math.lcm(multiple, tensor_parallel if sequence_parallel else 1)
 
 
 def _positions(segments: numpy.ndarray) -> numpy.ndarray:
@@ -49,14 +55,16 @@ def segment_attention_mask(segments: torch.Tensor) -> torch.Tensor:
 class InstructionCollator:
     """DataLoader collate_fn: pads every row to --seq-length, or with `variable` to the
     micro-batch's longest row rounded up to `multiple` (never beyond --seq-length); rows longer
-    than --seq-length + 1 tokens are truncated, as ModelLink does."""
+    than --seq-length + 1 tokens are truncated, as ModelLink does. `left` pads before the
+    sample (--tokenizer-padding-side left)."""
 
     def __init__(self, seq_length: int, variable: bool, multiple: int,
-                 eod_mask_id: Optional[int] = None) -> None:
+                 eod_mask_id: Optional[int] = None, left: bool = False) -> None:
         self.seq_length = seq_length
         self.variable = variable
         self.multiple = multiple
         self.eod_mask_id = eod_mask_id  # --eod-mask-loss: no loss on predicting the EOD token
+        self.left = left
 
     def _length(self, longest: int) -> int:
         if not self.variable:
@@ -74,14 +82,15 @@ class InstructionCollator:
         loss_mask = numpy.zeros((len(samples), length), dtype=numpy.float32)
         for row, (sample, n) in enumerate(zip(samples, counts)):
             ids, labels, segs = sample["input_ids"], sample["labels"], sample["attention_mask"]
-            tokens[row, :n] = ids[:n]
-            segments[row, :n] = segs[:n]
+            place = slice(length - n, length) if self.left else slice(0, n)
+            tokens[row, place] = ids[:n]
+            segments[row, place] = segs[:n]
             label = labels[1:n + 1]
             keep = (label != IGNORE_INDEX) & (segs[:n] == segs[1:n + 1]) & (segs[:n] != 0)
             if self.eod_mask_id is not None:
                 keep &= label != self.eod_mask_id
-            targets[row, :n] = numpy.where(keep, label, 0)
-            loss_mask[row, :n] = keep
+            targets[row, place] = numpy.where(keep, label, 0)
+            loss_mask[row, place] = keep
         batch = {
             "tokens": torch.from_numpy(tokens),
             "labels": torch.from_numpy(targets),
@@ -89,7 +98,8 @@ class InstructionCollator:
             "position_ids": torch.from_numpy(_positions(segments)),
         }
         packed = any(len(numpy.unique(row[row != 0])) > 1 for row in segments)
-        if packed:
+        # Causal attention keeps trailing padding out by itself, not leading padding.
+        if packed or (self.left and (segments[:, 0] == 0).any()):
             batch["attention_mask"] = segment_attention_mask(torch.from_numpy(segments))
         return batch
 

@@ -4,7 +4,9 @@ prefix (PREFIX_packed_{input_ids,attention_mask,labels}_document), one row per s
 A row is one sample or, with --pack, several back to back (attention_mask holds their segment
 ids). Rows go through megatron-core's BlendedMegatronDatasetBuilder like pretraining data, so
 --split and weighted --data-path blends work the same way; a split is repeated for as many
-epochs as the run needs, each in its own seeded order (file order with --no-shuffle).
+epochs as the run needs, each in its own seeded order (file order with --no-shuffle). With
+--full-shuffle-instruction-dataset, as ModelLink, those epochs are then shuffled together, so
+a sample may come again before every other has been seen.
 """
 from __future__ import annotations
 
@@ -66,6 +68,7 @@ def rows_longer_than(prefix: str, length: int) -> int:
 @dataclass
 class InstructionDatasetConfig(BlendedMegatronDatasetConfig):
     shuffle: bool = True
+    full_shuffle: bool = False
 
 
 class InstructionDataset(MegatronDataset):
@@ -85,7 +88,11 @@ class InstructionDataset(MegatronDataset):
                 orders.append(rng.permutation(epoch))
             else:
                 orders.append(numpy.arange(epoch))
-        self.rows = indices[numpy.concatenate(orders)[:wanted]]
+        order = numpy.concatenate(orders)
+        if config.full_shuffle:
+            rng = numpy.random.default_rng((config.random_seed, index_split.value, len(orders)))
+            order = rng.permutation(order)
+        self.rows = indices[order[:wanted]]
 
     @staticmethod
     def numel_low_level_dataset(low_level_dataset: Dict[str, IndexedDataset]) -> int:
@@ -99,7 +106,7 @@ class InstructionDataset(MegatronDataset):
 
     @staticmethod
     def _key_config_attributes() -> list:
-        return MegatronDataset._key_config_attributes() + ["shuffle"]
+        return MegatronDataset._key_config_attributes() + ["shuffle", "full_shuffle"]
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from modellink.training.checkpointing import save_checkpoint
 from modellink.training.dying_gasp import UPDATE_NOTE, DyingGasp
 from modellink.training.exit_conditions import ExitMonitor
 from modellink.training.instruction_batch import pad_step_to_common_length
-from modellink.training.metrics import flops_per_iteration, training_log_line
+from modellink.training.metrics import flops_per_iteration, params_l2_norm, training_log_line
 from modellink.training.monitor import TrainingMonitor
 from modellink.training.numerics import NonFiniteError, check_loss, is_grad_check_failure
 from modellink.training.profiling import StepProfiler
@@ -111,6 +112,7 @@ class StepResult:
     grad_norm: Optional[float]
     skipped: bool  # fp16 loss scaling found inf/nan gradients and skipped the update
     timers: Dict[str, float]  # seconds, by Megatron-LM timer name
+    num_zeros: Optional[float]  # zero gradient entries, with --log-num-zeros-in-grad
 
 
 def train_step(model: List[torch.nn.Module], optimizer: Any, scheduler: Any,
@@ -126,7 +128,7 @@ def train_step(model: List[torch.nn.Module], optimizer: Any, scheduler: Any,
     if before_update is not None:
         before_update()
     try:
-        update_successful, grad_norm, _ = optimizer.step()
+        update_successful, grad_norm, num_zeros = optimizer.step()
         if update_successful:
             scheduler.step(increment=args.global_batch_size)
         if after_update is not None:
@@ -134,7 +136,7 @@ def train_step(model: List[torch.nn.Module], optimizer: Any, scheduler: Any,
         timers = {"forward-backward": backward_done - start,
                   "optimizer": time.perf_counter() - backward_done}
         return StepResult(_reduce_reported_loss(losses), grad_norm, not update_successful,
-                          timers)
+                          timers, num_zeros if args.log_num_zeros_in_grad else None)
     except Exception as exc:
         # The weights may be (half-)updated while the iteration count is not.
         exc.add_note(UPDATE_NOTE)
@@ -171,6 +173,35 @@ def evaluate(model: List[torch.nn.Module], data_iterators: List[Iterator],
     return total / count if count else None
 
 
+class ManualGC:
+    """--manual-gc: Python's collector runs at the same iterations on every rank instead of
+    whenever one rank's allocations cross a threshold, which stalls the other ranks at the next
+    collective (why Megatron-LM has the flag). The collector is switched back on at the end."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.active = args.manual_gc
+        self.interval = args.manual_gc_interval
+        self.after_eval = args.manual_gc_eval
+        self.was_enabled = gc.isenabled()
+
+    def start(self) -> None:
+        if self.active:
+            gc.disable()
+            gc.collect()
+
+    def after_iteration(self, iteration: int) -> None:
+        if self.active and self.interval and iteration % self.interval == 0:
+            gc.collect()
+
+    def after_evaluation(self) -> None:
+        if self.active and self.after_eval:
+            gc.collect()
+
+    def stop(self) -> None:
+        if self.active and self.was_enabled:
+            gc.enable()
+
+
 def _is_logging_rank() -> bool:
     return torch.distributed.get_rank() == torch.distributed.get_world_size() - 1
 
@@ -188,23 +219,40 @@ def train(args: argparse.Namespace, model: List[torch.nn.Module], optimizer: Any
     profiler = StepProfiler(args, torch.distributed.get_rank())
     monitor = TrainingMonitor(args, writes=_is_logging_rank())
     dying_gasp = DyingGasp(args, state, model, optimizer, scheduler)
+    manual_gc = ManualGC(args)
     exit_monitor.install()
+    manual_gc.start()
     try:
         return _train_iterations(args, model, optimizer, scheduler, train_iterators,
                                  valid_iterators, state, exit_monitor, profiler, monitor,
-                                 dying_gasp)
+                                 dying_gasp, manual_gc)
     finally:
+        manual_gc.stop()
         dying_gasp.close()
         exit_monitor.restore()
         profiler.stop()
         monitor.close()
 
 
+def evaluate_only(args: argparse.Namespace, model: List[torch.nn.Module],
+                  valid_iterators: Optional[List[Iterator]], state: TrainState) -> TrainState:
+    """--skip-train: one validation pass at the loaded iteration, as Megatron-LM does."""
+    _log(f"skipping training (--skip-train is on): evaluating at iteration {state.iteration}")
+    if valid_iterators:
+        monitor = TrainingMonitor(args, writes=_is_logging_rank())
+        try:
+            _validate(args, model, valid_iterators, state, monitor)
+        finally:
+            monitor.close()
+    return state
+
+
 def _train_iterations(args: argparse.Namespace, model: List[torch.nn.Module], optimizer: Any,
                       scheduler: Any, train_iterators: List[Iterator],
                       valid_iterators: Optional[List[Iterator]], state: TrainState,
                       exit_monitor: ExitMonitor, profiler: StepProfiler,
-                      monitor: TrainingMonitor, dying_gasp: DyingGasp) -> TrainState:
+                      monitor: TrainingMonitor, dying_gasp: DyingGasp,
+                      manual_gc: ManualGC) -> TrainState:
     for chunk in model:
         chunk.train()
     world = torch.distributed.get_world_size()
@@ -238,13 +286,16 @@ def _train_iterations(args: argparse.Namespace, model: List[torch.nn.Module], op
         _monitor_step(args, monitor, state, step, learning_rate, loss_scale, step_seconds, world)
         if state.iteration % args.log_interval == 0:
             elapsed_ms = (time.perf_counter() - interval_start) * 1000 / iterations_since_log
+            params_norm = params_l2_norm(model) if args.log_params_norm else None
             _log(training_log_line(
                 args, state.iteration, state.consumed_train_samples, elapsed_ms, learning_rate,
-                step.loss, loss_scale, step.grad_norm, skipped_since_log, nan_since_log, world))
+                step.loss, loss_scale, step.grad_norm, skipped_since_log, nan_since_log, world,
+                step.num_zeros, params_norm))
             skipped_since_log, nan_since_log, iterations_since_log = 0, 0, 0
             interval_start = time.perf_counter()
         if valid_iterators and args.eval_iters > 0 and state.iteration % args.eval_interval == 0:
             _validate(args, model, valid_iterators, state, monitor)
+            manual_gc.after_evaluation()
             interval_start = time.perf_counter()
         exit_reason = exit_monitor.exit_reason()
         exiting = bool(args.exit_interval) and state.iteration % args.exit_interval == 0
@@ -259,6 +310,7 @@ def _train_iterations(args: argparse.Namespace, model: List[torch.nn.Module], op
         if exiting:
             _log(f"exiting program at iteration {state.iteration} (--exit-interval)")
             break
+        manual_gc.after_iteration(state.iteration)
     return state
 
 

@@ -25,6 +25,14 @@ def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
                    help="adapter output is scaled by lora_alpha / lora_r (default 32)")
     g.add_argument("--lora-load", default=None,
                    help="adapter checkpoint to continue from (--load holds the base model)")
+    g.add_argument("--lora-fusion", action="store_true",
+                   help="compute each adapted linear's base and A projections as one GEMM "
+                        "(x @ [W; A]^T; tensor-parallel size 1)")
+    g.add_argument("--lora-register-forward-hook", nargs="+",
+                   default=["word_embeddings", "input_layernorm"],
+                   help="modules whose outputs are made to require grad, so that with "
+                        "--recompute-granularity full the adapters of recomputed layers get "
+                        "gradients although the embeddings are frozen (ModelLink's default)")
     g.add_argument("--lora-modules-to-save", nargs="+", default=None,
                    help=f"modules trained in full and saved with the adapters "
                         f"({', '.join(MODULES_TO_SAVE)})")
@@ -58,7 +66,8 @@ def validate_lora_args(args: argparse.Namespace) -> None:
     if not args.lora_target_modules:
         for flag, value in (("--lora-r", args.lora_r), ("--lora-alpha", args.lora_alpha),
                             ("--lora-load", args.lora_load),
-                            ("--lora-modules-to-save", args.lora_modules_to_save)):
+                            ("--lora-modules-to-save", args.lora_modules_to_save),
+                            ("--lora-fusion", args.lora_fusion or None)):
             if value is not None:
                 raise ArgumentError(f"{flag} needs --lora-target-modules")
         return
@@ -82,6 +91,10 @@ def validate_lora_args(args: argparse.Namespace) -> None:
         # Tied: one weight is both, and a pipeline's copies must train together.
         to_save = list(MODULES_TO_SAVE)
     args.lora_modules_to_save = to_save or None
+    if args.lora_fusion and args.tensor_model_parallel_size > 1:
+        # Split across ranks, A's or B's gradient would need a sum the fused GEMM skips.
+        raise ArgumentError(f"--lora-fusion needs --tensor-model-parallel-size 1, got "
+                            f"{args.tensor_model_parallel_size}")
     if args.lora_load is not None:
         _check_lora_load(args.lora_load)
 

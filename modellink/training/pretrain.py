@@ -16,7 +16,8 @@ from modellink.training.checkpointing import load_checkpoint
 from modellink.training.components import build_model, build_optimizer, build_scheduler
 from modellink.training.data import build_datasets, build_iterator, check_data_files
 from modellink.training.initialize import initialize, shutdown
-from modellink.training.loop import TrainState, configure_model_hooks, save, train
+from modellink.training.loop import (TrainState, configure_model_hooks, evaluate_only, save,
+                                     train)
 from modellink.training.replica import log_memory_account
 
 
@@ -105,8 +106,11 @@ def pretrain(argv: Optional[Sequence[str]] = None) -> TrainState:
         train_iters = _iterators(train_ds, args, state.consumed_train_samples, len(model))
         valid_iters = _iterators(valid_ds, args, state.consumed_valid_samples, len(model))
         start = state.iteration
-        state = train(args, model, optimizer, scheduler, train_iters, valid_iters, state,
-                      start_time)
+        if args.skip_train:
+            state = evaluate_only(args, model, valid_iters, state)
+        else:
+            state = train(args, model, optimizer, scheduler, train_iters, valid_iters, state,
+                          start_time)
         if args.save and state.iteration > start and state.last_saved_iteration != state.iteration:
             save(args, model, optimizer, scheduler, state)
         torch.distributed.barrier()

@@ -39,3 +39,7 @@ def add_tokenizer_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tokenizer-padding-side", type=str, default="right",
                        choices=["left", "right"],
                        help="Padding side of the Hugging Face tokenizer.")
+    group.add_argument("--tokenizer-kwargs", type=str, nargs="+", default=None,
+                       metavar="KEY VALUE",
+                       help="Extra keyword arguments for the Hugging Face tokenizer, as key value "
+                            "pairs (e.g. use_fast False); values are read as Python literals.")

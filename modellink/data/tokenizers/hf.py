@@ -77,8 +77,10 @@ def _direct_backend(hf_tokenizer: Any) -> Any:
     return backend
 
 
-def load_pretrained(path: Optional[str], flag: str, use_fast: bool, padding_side: str) -> HFTokenizer:
-    """Loads a local Hugging Face tokenizer folder; never downloads."""
+def load_pretrained(path: Optional[str], flag: str, use_fast: bool, padding_side: str,
+                    extra: Optional[Dict[str, Any]] = None) -> HFTokenizer:
+    """Loads a local Hugging Face tokenizer folder; never downloads. `extra` is
+    --tokenizer-kwargs, which wins over the other flags."""
     if not path:
         raise ArgumentError(f"{flag} is required for this --tokenizer-type (a local tokenizer folder)")
     if not os.path.isdir(path):
@@ -87,7 +89,8 @@ def load_pretrained(path: Optional[str], flag: str, use_fast: bool, padding_side
 
     try:
         hf_tokenizer = AutoTokenizer.from_pretrained(
-            path, use_fast=use_fast, padding_side=padding_side, local_files_only=True)
+            path, **{"use_fast": use_fast, "padding_side": padding_side, **(extra or {}),
+                     "local_files_only": True})
     except (OSError, ValueError, TypeError, KeyError) as err:
         raise ArgumentError(f"cannot load a Hugging Face tokenizer from {path}: {err}") from None
     return HFTokenizer(hf_tokenizer, path)

@@ -9,6 +9,7 @@ Nothing here ran on Ascend hardware.
 from __future__ import annotations
 
 import math
+import types
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -182,3 +183,12 @@ def npu_mm_reduce_scatter_base(input: torch.Tensor, x2: torch.Tensor, hcom: str,
                       device=full.device)
     dist.reduce_scatter_tensor(out, full, group=group)
     return out
+
+
+def _set_compile_mode(jit_compile: bool = True) -> None:
+    """torch_npu.npu.set_compile_mode(jit_compile=...): operator compilation mode."""
+    assert isinstance(jit_compile, bool)
+    _record("npu.set_compile_mode", jit_compile=jit_compile)
+
+
+npu = types.SimpleNamespace(set_compile_mode=_set_compile_mode)

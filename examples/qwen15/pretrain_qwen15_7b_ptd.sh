@@ -1,0 +1,109 @@
+#!/bin/bash
+# Qwen1.5-7B pretraining on one node of 8 devices (TP=8, PP=1), ModelLink's settings: QKV
+# bias, RoPE base 1e6, the padded 151936-token vocabulary, a Hugging Face tokenizer.
+# Every variable below can be overridden from the environment; MODEL_ARGS replaces the model
+# size and EXTRA_ARGS is appended (the test suite runs this script on two CPU ranks that way).
+set -o pipefail  # the run's exit status, not tee's
+export CUDA_DEVICE_MAX_CONNECTIONS=1
+
+GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+MASTER_ADDR=${MASTER_ADDR:-localhost}
+MASTER_PORT=${MASTER_PORT:-6000}
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+
+CKPT_SAVE_DIR=${CKPT_SAVE_DIR:-"./ckpt/Qwen1.5-7B"}
+CKPT_LOAD_DIR=${CKPT_LOAD_DIR:-"./model_weights/Qwen1.5-7B-v0.1-tp8-pp1"}
+DATA_PATH=${DATA_PATH:-"./dataset/Qwen1.5-7B/alpaca_text_document"}
+TOKENIZER_PATH=${TOKENIZER_PATH:-"./model_from_hf/Qwen1.5-7B"}
+LOG_DIR=${LOG_DIR:-"./logs"}
+TP=${TP:-8}
+PP=${PP:-1}
+DISTRIBUTED_BACKEND=${DISTRIBUTED_BACKEND:-nccl}
+
+DISTRIBUTED_ARGS="
+    --nproc_per_node $GPUS_PER_NODE \
+    --nnodes $NNODES \
+    --node_rank $NODE_RANK \
+    --master_addr $MASTER_ADDR \
+    --master_port $MASTER_PORT
+"
+
+MODEL_ARGS=${MODEL_ARGS:-"
+    --num-layers 32 \
+    --hidden-size 4096 \
+    --ffn-hidden-size 11008 \
+    --num-attention-heads 32 \
+    --seq-length 8192 \
+    --max-position-embeddings 32768 \
+    --padded-vocab-size 151936
+"}
+
+GPT_ARGS="
+    --use-mcore-models \
+    --tensor-model-parallel-size ${TP} \
+    --pipeline-model-parallel-size ${PP} \
+    --sequence-parallel \
+    ${MODEL_ARGS} \
+    --tokenizer-type PretrainedFromHF \
+    --tokenizer-name-or-path ${TOKENIZER_PATH} \
+    --micro-batch-size 1 \
+    --global-batch-size 64 \
+    --make-vocab-size-divisible-by 16 \
+    --rotary-base 1000000 \
+    --lr 1.25e-6 \
+    --train-iters 2000 \
+    --lr-decay-style cosine \
+    --untie-embeddings-and-output-weights \
+    --disable-bias-linear \
+    --add-qkv-bias \
+    --attention-dropout 0.0 \
+    --init-method-std 0.01 \
+    --hidden-dropout 0.0 \
+    --position-embedding-type rope \
+    --normalization RMSNorm \
+    --use-fused-rmsnorm \
+    --swiglu \
+    --use-flash-attn \
+    --no-masked-softmax-fusion \
+    --attention-softmax-in-fp32 \
+    --min-lr 1.25e-7 \
+    --weight-decay 1e-1 \
+    --lr-warmup-fraction 0.01 \
+    --clip-grad 1.0 \
+    --adam-beta1 0.9 \
+    --initial-loss-scale 8188.0 \
+    --adam-beta2 0.95 \
+    --no-gradient-accumulation-fusion \
+    --no-load-optim \
+    --no-load-rng \
+    --use-distributed-optimizer \
+    --use-fused-swiglu \
+    --use-fused-rotary-pos-emb \
+    --seed 42 \
+    --bf16
+"
+
+DATA_ARGS="
+    --data-path $DATA_PATH \
+    --split 100,0,0
+"
+
+OUTPUT_ARGS="
+    --log-interval 1 \
+    --save-interval 2000 \
+    --eval-interval 2000 \
+    --eval-iters 0
+"
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+mkdir -p "$LOG_DIR"
+torchrun $DISTRIBUTED_ARGS "$SCRIPT_DIR/../../pretrain_gpt.py" \
+    $GPT_ARGS \
+    $DATA_ARGS \
+    $OUTPUT_ARGS \
+    --distributed-backend ${DISTRIBUTED_BACKEND} \
+    --load $CKPT_LOAD_DIR \
+    --save $CKPT_SAVE_DIR \
+    ${EXTRA_ARGS:-} \
+    | tee "$LOG_DIR/train_qwen15_7b.log"
