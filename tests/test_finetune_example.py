@@ -14,13 +14,18 @@ MODEL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_att
              num_key_value_heads=4, max_position_embeddings=64, rms_norm_eps=1e-5)
 
 
-def test_llama2_7b_full_tune_script_on_two_cpu_ranks(tmp_path, demo):  # noqa: F811
-    tokenizer = transformers.AutoTokenizer.from_pretrained(demo["tokenizer"])
+def converted_base(tmp_path, tokenizer_path: str, save_dir: str) -> None:
+    """A tiny random HF Llama over the demo tokenizer, converted to Megatron at TP=2."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_path)
     hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(vocab_size=len(tokenizer), **MODEL))
     hf.save_pretrained(tmp_path / "hf")
     convert("--load-model-type", "hf", "--save-model-type", "mg",
-            "--load-dir", str(tmp_path / "hf"), "--save-dir", str(tmp_path / "mg"),
+            "--load-dir", str(tmp_path / "hf"), "--save-dir", save_dir,
             "--target-tensor-parallel-size", "2")
+
+
+def test_llama2_7b_full_tune_script_on_two_cpu_ranks(tmp_path, demo):  # noqa: F811
+    converted_base(tmp_path, demo["tokenizer"], str(tmp_path / "mg"))
     preprocess(demo["instruction"], tmp_path / "alpaca", demo["tokenizer"], "--handler-name",
                "AlpacaStyleInstructionHandler", "--prompt-type", "llama2", "--append-eod",
                "--pack", "--seq-length", "64")

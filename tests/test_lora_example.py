@@ -4,21 +4,14 @@ import os
 import subprocess
 
 import torch
-import transformers
 
 from conftest import ROOT, _free_port
 from data_helpers import demo, preprocess  # noqa: F401  (demo is a fixture)
-from test_convert_families import convert
-from test_finetune_example import MODEL
+from test_finetune_example import converted_base
 
 
 def test_llama2_7b_lora_script_on_two_cpu_ranks(tmp_path, demo):  # noqa: F811
-    tokenizer = transformers.AutoTokenizer.from_pretrained(demo["tokenizer"])
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(vocab_size=len(tokenizer), **MODEL))
-    hf.save_pretrained(tmp_path / "hf")
-    convert("--load-model-type", "hf", "--save-model-type", "mg",
-            "--load-dir", str(tmp_path / "hf"), "--save-dir", str(tmp_path / "base"),
-            "--target-tensor-parallel-size", "2")
+    converted_base(tmp_path, demo["tokenizer"], str(tmp_path / "base"))
     preprocess(demo["instruction"], tmp_path / "alpaca", demo["tokenizer"],
                "--handler-name", "AlpacaStyleInstructionHandler", "--prompt-type", "llama2")
     env = dict(
