@@ -28,8 +28,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def outside():
-    """A folder with a file the program must not change, on the real disk (the sandbox's /tmp
-    is its own, so the evaluator's /tmp would prove nothing)."""
+    """A folder with a file the program must not change, on the real disk outside the
+    evaluator's /tmp (where a CI checkout may live)."""
     with tempfile.TemporaryDirectory(dir="/var/tmp") as folder:
         victim = Path(folder) / "victim.txt"
         victim.write_text("keep")

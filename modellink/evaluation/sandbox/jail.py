@@ -9,9 +9,9 @@ early `sys.exit(0)` or `os._exit(0)` is not a pass.
 
 Isolated: this launcher forks a supervisor into new user, mount, network, IPC, UTS and pid
 namespaces and maps its users (see `_map_users`). The supervisor forks the program's process,
-pid 1 of the new pid namespace, which makes every mount read-only, gives the program fresh
-/tmp, /run, /dev and /proc, sets resource limits, drops its capabilities and execs Python on
-the program. At the deadline the supervisor, which the program can neither see nor signal,
+pid 1 of the new pid namespace, which makes every mount read-only, gives the program a fresh
+scratch folder, /run, /dev and /proc, sets resource limits, drops its capabilities and execs
+Python on the program. At the deadline the supervisor, which the program can neither see nor signal,
 kills pid 1, and the kernel kills everything else in the namespace with it.
 
 Plain (the user accepted running unisolated code): the same limits and deadline, in a new
@@ -37,6 +37,9 @@ MAX_PROCESSES = 32
 MAX_FILE_BYTES = 16 * 2**20
 MAX_OPEN_FILES = 256
 TMP_MOUNT_OPTIONS = "size=64m,nr_inodes=4096,mode=700"
+# The program's working directory and only writable place; Python's tempfile falls back to it
+# since /tmp is read-only.
+SCRATCH = "/run/scratch"
 DEVICES = ("null", "zero", "random", "urandom")
 PROGRAM = "program.py"
 # Reads the token from fd 4 and reports it on fd 3 once the program returned.
@@ -91,8 +94,8 @@ def _mounts():
 
 
 def _build_file_system(source, owner):
-    """Everything read-only; an empty size-capped /tmp as the only writable place (the cwd);
-    /run and /dev replaced (no host sockets or devices) and a /proc of this pid namespace."""
+    """Everything read-only; an empty size-capped scratch folder as the only writable place
+    (the cwd); /run and /dev replaced (no host sockets or devices) and a /proc of this pid namespace."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     for point, flags in list(_mounts()):
         try:
@@ -111,11 +114,14 @@ def _build_file_system(source, owner):
     _mount("/run/dev", "/dev", None, MS_MOVE)
     _mount(None, "/dev", None, READ_ONLY_BIND | MS_NOSUID | MS_NOEXEC)
     os.rmdir("/run/dev")
+    # The scratch folder is a new mount point, not one over /tmp: the evaluator's interpreter
+    # may live under /tmp (a virtualenv in a CI checkout there), and the program execs it.
+    os.mkdir(SCRATCH)
+    _mount("tmpfs", SCRATCH, "tmpfs", MS_NOSUID | MS_NODEV,
+           f"{TMP_MOUNT_OPTIONS},uid={owner},gid={owner}")
     _mount(None, "/run", None, READ_ONLY_BIND | MS_NOSUID | MS_NODEV)
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
-    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
-           f"{TMP_MOUNT_OPTIONS},uid={owner},gid={owner}")
-    os.chdir("/tmp")
+    os.chdir(SCRATCH)
     with open(PROGRAM, "wb") as handle:
         handle.write(source)
 
