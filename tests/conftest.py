@@ -53,6 +53,17 @@ def run_ranks(args: List[str], nproc: int, history: Optional[Path] = None,
     return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+def run_in_one_job(runs: list, nproc: int) -> subprocess.CompletedProcess:
+    """tests/launch_pretrain_runs.py under torchrun: `runs` (pretrain() argument lists and
+    what to do around each) one after the other in one job, to share its start-up."""
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}", OMP_NUM_THREADS="1",
+               MODELLINK_CPU_THREADS="1", PYTHONWARNINGS="ignore",
+               MODELLINK_TEST_RUNS=json.dumps(runs))
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
+           f"--master-port={_free_port()}", str(ROOT / "tests" / "launch_pretrain_runs.py")]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
 def train_history(tmp_path: Path, args: List[str], nproc: int, name: str = "history") -> dict:
     out = tmp_path / f"{name}.json"
     result = run_ranks(args, nproc, history=out)

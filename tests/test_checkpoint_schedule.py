@@ -1,15 +1,12 @@
 """Resuming with flags that change the learning-rate schedule follows Megatron-LM: an error
 naming both flags, --override-opt_param-scheduler (the flags win) or
 --use-checkpoint-opt_param-scheduler (the checkpoint wins, with a warning)."""
-import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT, TINY_LLAMA, _free_port, run_ranks
+from conftest import TINY_LLAMA, run_in_one_job, run_ranks
 from modellink.argument_errors import ArgumentError
 from modellink.arguments import parse_args
 
@@ -30,12 +27,7 @@ def resumed(tmp_path_factory):
     runs = [{"args": LINEAR + ["--train-iters", "4", "--save", ckpt]}] + [
         {"args": LINEAR + ["--train-iters", "8", "--load", ckpt, flag]}
         for flag in ("--override-opt_param-scheduler", "--use-checkpoint-opt_param-scheduler")]
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}", OMP_NUM_THREADS="1",
-               MODELLINK_CPU_THREADS="1", PYTHONWARNINGS="ignore",
-               MODELLINK_TEST_RUNS=json.dumps(runs))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=1",
-           f"--master-port={_free_port()}", str(ROOT / "tests" / "launch_pretrain_runs.py")]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    result = run_in_one_job(runs, nproc=1)
     assert result.returncode == 0, result.stderr[-3000:]
     lrs = [(int(i), int(n), float(lr)) for i, n, lr in LR_AT.findall(result.stdout)]
     return tmp / "ckpt", lrs[:4], lrs[4:8], lrs[8:], result

@@ -18,7 +18,7 @@ import psutil
 import pytest
 import torch
 
-from conftest import ROOT, TINY_LLAMA, _free_port, run_ranks, train_history
+from conftest import ROOT, TINY_LLAMA, _free_port, run_in_one_job, run_ranks, train_history
 
 ITERS = 24
 DP2 = TINY_LLAMA + ["--use-distributed-optimizer", "--train-iters", str(ITERS)]
@@ -173,16 +173,6 @@ PARTS += ["--use-distributed-optimizer", "--enable-high-availability", "--train-
 LAYOUTS = [("dp4", [], "2"), ("pp2_dp2", ["--pipeline-model-parallel-size", "2"], "1")]
 
 
-def _run_in_one_job(runs: list, nproc: int) -> subprocess.CompletedProcess:
-    """tests/launch_pretrain_runs.py under torchrun: `runs` one after the other."""
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}", OMP_NUM_THREADS="1",
-               MODELLINK_CPU_THREADS="1", PYTHONWARNINGS="ignore",
-               MODELLINK_TEST_RUNS=json.dumps(runs))
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-           f"--master-port={_free_port()}", str(ROOT / "tests" / "launch_pretrain_runs.py")]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-
-
 def test_exception_on_one_rank_saves_from_every_rank(tmp_path):
     """One rank raises in iteration 2, the others are blocked in a collective with it and
     no rank holds the whole state: every rank writes its part of the iteration-1 dying
@@ -200,7 +190,7 @@ def test_exception_on_one_rank_saves_from_every_rank(tmp_path):
                      {"args": straight, "history": str(tmp_path / f"{name}_straight.json")}])
     log = ""
     for runs in jobs:
-        result = _run_in_one_job(runs, nproc=4)
+        result = run_in_one_job(runs, nproc=4)
         log += result.stdout + result.stderr
         failed = runs[-1].get("fail") is not None
         assert (result.returncode != 0) == failed, log[-6000:]

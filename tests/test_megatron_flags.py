@@ -4,16 +4,13 @@ follows the same learning-rate curve as the equivalent iteration-based one; --lo
 values; --skip-train only evaluates; --manual-gc collects only at its interval; --qk-layernorm
 adds query/key norm weights that change the loss."""
 import gc
-import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import ROOT, TINY_LLAMA, _free_port
+from conftest import TINY_LLAMA, run_in_one_job
 from modellink.argument_errors import ArgumentError
 from modellink.arguments import parse_args
 from modellink.checkpoint.errors import ConversionError
@@ -41,12 +38,7 @@ def runs(tmp_path_factory):
         {"args": SCHEDULE + ITERATIONS + ["--load", ckpt, "--skip-train", "--eval-iters", "2"]},
         {"args": SCHEDULE + ["--train-iters", "2", "--qk-layernorm", "--save", str(tmp / "qk")]},
     ]
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}", OMP_NUM_THREADS="1",
-               MODELLINK_CPU_THREADS="1", PYTHONWARNINGS="ignore",
-               MODELLINK_TEST_RUNS=json.dumps(runs))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=1",
-           f"--master-port={_free_port()}", str(ROOT / "tests" / "launch_pretrain_runs.py")]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    result = run_in_one_job(runs, nproc=1)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if LINE.search(line)]
     assert len(lines) == 14, result.stdout[-3000:]
