@@ -16,6 +16,7 @@ from modellink.argument_errors import ArgumentError, require
 from modellink.data.tokenizers import add_tokenizer_arguments
 from modellink.modellink_flags import add_unsupported_flags, no_effect_notes
 from modellink.models.feature_args import add_model_feature_arguments, validate_model_features
+from modellink.models.moe import add_moe_arguments, validate_moe_args
 from modellink.training.finetune_args import add_finetune_arguments, validate_finetune_args
 from modellink.training.lora_args import add_lora_arguments, validate_lora_args
 from modellink.training.resilience_args import add_resilience_arguments, validate_resilience_args
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_parallel_args(parser)
     _add_training_args(parser)
     _add_mixed_precision_args(parser)
-    _add_moe_args(parser)
+    add_moe_arguments(parser)
     _add_data_args(parser)
     add_tokenizer_arguments(parser)
     add_finetune_arguments(parser)
@@ -218,29 +219,6 @@ def _add_mixed_precision_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--loss-scale-window", type=float, default=1000)
     g.add_argument("--hysteresis", type=int, default=2)
     g.add_argument("--accumulate-allreduce-grads-in-fp32", action="store_true")
-
-
-def _add_moe_args(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("mixture of experts")
-    g.add_argument("--num-experts", type=int, default=None)
-    g.add_argument("--moe-ffn-hidden-size", type=int, default=None)
-    g.add_argument("--moe-router-topk", type=int, default=2)
-    g.add_argument("--moe-router-load-balancing-type", default="aux_loss",
-                   choices=["aux_loss", "seq_aux_loss", "sinkhorn", "softmax_topk",
-                            "group_limited_greedy", "none"])
-    g.add_argument("--moe-aux-loss-coeff", type=float, default=0.0)
-    g.add_argument("--moe-z-loss-coeff", type=float, default=None)
-    g.add_argument("--moe-token-dispatcher-type", default="allgather",
-                   choices=["allgather", "alltoall"])
-    g.add_argument("--moe-grouped-gemm", action="store_true")
-    g.add_argument("--moe-expert-capacity-factor", type=float, default=None,
-                   help="tokens an expert takes, as a multiple of an even share; the rest drop")
-    g.add_argument("--moe-pad-expert-input-to-capacity", action="store_true")
-    g.add_argument("--moe-token-drop-policy", default="probs", choices=["probs", "position"])
-    g.add_argument("--moe-shared-expert-intermediate-size", type=int, default=None)
-    g.add_argument("--shared-expert-gate", action="store_true",
-                   help="sigmoid gate on the shared experts' output (Qwen2-MoE)")
-    g.add_argument("--moe-permutation-async-comm", action="store_true")
 
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -461,37 +439,12 @@ def _validate_model_shape(args: argparse.Namespace) -> None:
                  f"--moe-router-topk {args.moe_router_topk} must be in [1, --num-experts]")
         if args.moe_ffn_hidden_size is None:
             args.moe_ffn_hidden_size = args.ffn_hidden_size
-    _validate_moe(args)
+    validate_moe_args(args)
     require(args.ffn_hidden_size % tp == 0,
              f"--ffn-hidden-size {args.ffn_hidden_size} is not divisible by "
              f"--tensor-model-parallel-size {tp}")
     require(pp > 1 or args.num_layers_per_virtual_pipeline_stage is None,
              "--num-layers-per-virtual-pipeline-stage needs --pipeline-model-parallel-size > 1")
-
-
-def _validate_moe(args: argparse.Namespace) -> None:
-    # megatron-core scores an expert group by its top experts' sum, DeepSeek-V2's by its best one.
-    require(args.moe_router_load_balancing_type != "group_limited_greedy",
-            "--moe-router-load-balancing-type group_limited_greedy (ModelLink: DeepSeek-V2 "
-            "device-limited routing with --topk-group) is not supported yet")
-    capacity = args.moe_expert_capacity_factor
-    require(args.num_experts is not None or (
-        capacity is None and not args.moe_pad_expert_input_to_capacity
-        and args.moe_shared_expert_intermediate_size is None and not args.shared_expert_gate),
-        "the MoE flags (--moe-expert-capacity-factor, --moe-shared-expert-intermediate-size, "
-        "...) need --num-experts")
-    require(capacity is None or capacity > 0,
-            f"--moe-expert-capacity-factor {capacity} must be > 0")
-    require(capacity is None or args.moe_router_load_balancing_type != "sinkhorn",
-            "--moe-expert-capacity-factor does not work with "
-            "--moe-router-load-balancing-type sinkhorn")
-    require(not args.moe_pad_expert_input_to_capacity or capacity is not None,
-            "--moe-pad-expert-input-to-capacity needs --moe-expert-capacity-factor")
-    shared = args.moe_shared_expert_intermediate_size
-    require(shared is None or shared > 0,
-            f"--moe-shared-expert-intermediate-size {shared} must be > 0")
-    require(not args.shared_expert_gate or shared is not None,
-            "--shared-expert-gate needs --moe-shared-expert-intermediate-size")
 
 
 def _pipeline_layers(args: argparse.Namespace) -> Optional[List[int]]:

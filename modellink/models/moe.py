@@ -1,7 +1,7 @@
 """Mixture-of-experts flags -> megatron-core's MoE configuration and expert module.
 
-megatron-core already routes, drops, pads and runs shared experts; this module only maps
-ModelLink's flags onto its TransformerConfig fields, and picks the expert MLP: GroupedMLP
+megatron-core already routes, drops, pads and runs shared experts; this module only declares
+and checks the MoE flags, maps them onto its TransformerConfig fields, and picks the expert MLP: GroupedMLP
 needs the CUDA `grouped_gemm` package, so without it `--moe-grouped-gemm` runs the same
 experts one after another (SequentialMLP), which computes the same function.
 """
@@ -12,6 +12,57 @@ from typing import Any, Dict
 
 from megatron.core.transformer.moe.grouped_gemm_util import grouped_gemm_is_available
 
+from modellink.argument_errors import require
+
+
+def add_moe_arguments(parser: argparse.ArgumentParser) -> None:
+    """The mixture-of-experts flags (Megatron-LM's and ModelLink's)."""
+    g = parser.add_argument_group("mixture of experts")
+    g.add_argument("--num-experts", type=int, default=None)
+    g.add_argument("--moe-ffn-hidden-size", type=int, default=None)
+    g.add_argument("--moe-router-topk", type=int, default=2)
+    g.add_argument("--moe-router-load-balancing-type", default="aux_loss",
+                   choices=["aux_loss", "seq_aux_loss", "sinkhorn", "softmax_topk",
+                            "group_limited_greedy", "none"])
+    g.add_argument("--moe-aux-loss-coeff", type=float, default=0.0)
+    g.add_argument("--moe-z-loss-coeff", type=float, default=None)
+    g.add_argument("--moe-token-dispatcher-type", default="allgather",
+                   choices=["allgather", "alltoall"])
+    g.add_argument("--moe-grouped-gemm", action="store_true")
+    g.add_argument("--moe-expert-capacity-factor", type=float, default=None,
+                   help="tokens an expert takes, as a multiple of an even share; the rest drop")
+    g.add_argument("--moe-pad-expert-input-to-capacity", action="store_true")
+    g.add_argument("--moe-token-drop-policy", default="probs", choices=["probs", "position"])
+    g.add_argument("--moe-shared-expert-intermediate-size", type=int, default=None)
+    g.add_argument("--shared-expert-gate", action="store_true",
+                   help="sigmoid gate on the shared experts' output (Qwen2-MoE)")
+    g.add_argument("--moe-permutation-async-comm", action="store_true")
+
+
+def validate_moe_args(args: argparse.Namespace) -> None:
+    """One-line errors for MoE flags that megatron-core would refuse late or misread."""
+    # megatron-core scores an expert group by its top experts' sum, DeepSeek-V2's by its best one.
+    require(args.moe_router_load_balancing_type != "group_limited_greedy",
+            "--moe-router-load-balancing-type group_limited_greedy (ModelLink: DeepSeek-V2 "
+            "device-limited routing with --topk-group) is not supported yet")
+    capacity = args.moe_expert_capacity_factor
+    require(args.num_experts is not None or (
+        capacity is None and not args.moe_pad_expert_input_to_capacity
+        and args.moe_shared_expert_intermediate_size is None and not args.shared_expert_gate),
+        "the MoE flags (--moe-expert-capacity-factor, --moe-shared-expert-intermediate-size, "
+        "...) need --num-experts")
+    require(capacity is None or capacity > 0,
+            f"--moe-expert-capacity-factor {capacity} must be > 0")
+    require(capacity is None or args.moe_router_load_balancing_type != "sinkhorn",
+            "--moe-expert-capacity-factor does not work with "
+            "--moe-router-load-balancing-type sinkhorn")
+    require(not args.moe_pad_expert_input_to_capacity or capacity is not None,
+            "--moe-pad-expert-input-to-capacity needs --moe-expert-capacity-factor")
+    shared = args.moe_shared_expert_intermediate_size
+    require(shared is None or shared > 0,
+            f"--moe-shared-expert-intermediate-size {shared} must be > 0")
+    require(not args.shared_expert_gate or shared is not None,
+            "--shared-expert-gate needs --moe-shared-expert-intermediate-size")
 
 def use_grouped_gemm(args: argparse.Namespace) -> bool:
     """Whether the experts run as megatron-core's GroupedMLP (`--moe-grouped-gemm` and the
