@@ -62,7 +62,7 @@ def _peak_rss_bytes() -> int:
 
 
 def _flops(cfg: dict) -> float:
-    from modellink.training.metrics import flops_per_iteration
+    from modellink.training.monitoring.metrics import flops_per_iteration
 
     return flops_per_iteration(SimpleNamespace(
         num_attention_heads=cfg["heads"], num_layers=cfg["layers"], hidden_size=cfg["hidden"],

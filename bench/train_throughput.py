@@ -97,7 +97,7 @@ def main() -> None:
     if device == "cuda":
         from types import SimpleNamespace
 
-        from modellink.training.metrics import flops_per_iteration
+        from modellink.training.monitoring.metrics import flops_per_iteration
 
         flops = flops_per_iteration(SimpleNamespace(
             num_attention_heads=cfg["heads"], num_layers=cfg["layers"], hidden_size=cfg["hidden"],

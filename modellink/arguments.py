@@ -19,7 +19,7 @@ from modellink.models.feature_args import add_model_feature_arguments, validate_
 from modellink.models.moe import add_moe_arguments, validate_moe_args
 from modellink.training.finetune_args import add_finetune_arguments, validate_finetune_args
 from modellink.training.lora_args import add_lora_arguments, validate_lora_args
-from modellink.training.resilience_args import add_resilience_arguments, validate_resilience_args
+from modellink.training.ha.args import add_resilience_arguments, validate_resilience_args
 from modellink.training.sample_schedule import (add_sample_schedule_arguments,
                                                 validate_sample_schedule)
 from modellink.writable import writable_dir_problem

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from modellink.training import dying_gasp_store
+from modellink.training.ha import dying_gasp_store
 from modellink.user_error import UserError
 
 USER_ERROR_STATUS = 2

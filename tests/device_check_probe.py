@@ -10,7 +10,7 @@ import torch
 
 from modellink import backend
 from modellink.backend.device_check import HostTensorError
-from modellink.training.exit_conditions import ExitMonitor
+from modellink.training.ha.exit_conditions import ExitMonitor
 
 
 def old_log_setup_pattern() -> None:

@@ -53,7 +53,7 @@ def main(out: str, argv) -> None:
 def _check(args, device: str) -> dict:
     from modellink.models.gpt import build_model_chunks, transformer_config_from_args
     from modellink.models.init import init_layout_independent
-    from modellink.training.instruction_batch import InstructionCollator
+    from modellink.training.data.instruction_batch import InstructionCollator
     from modellink.training.loop import loss_func
 
     args.device, args.padded_vocab_size = device, 128

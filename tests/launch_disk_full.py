@@ -10,7 +10,7 @@ import sys
 
 import launch_pretrain
 from modellink.errors import run_cli
-from modellink.training import checkpointing
+from modellink.training.checkpoint import checkpointing
 
 _CAPACITY = 4096
 

@@ -10,7 +10,7 @@ import sys
 import torch
 
 from modellink.errors import run_cli
-from modellink.training.data import DataError
+from modellink.training.data.datasets import DataError
 
 
 def main() -> None:

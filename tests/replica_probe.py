@@ -16,11 +16,11 @@ from megatron.core.num_microbatches_calculator import destroy_num_microbatches_c
 from modellink.arguments import parse_args
 from modellink.models.gpt import transformer_config_from_args
 from modellink.training.components import build_model, build_optimizer, build_scheduler
-from modellink.training.data import build_datasets, build_iterator
+from modellink.training.data.datasets import build_datasets, build_iterator
 from modellink.training.initialize import initialize
 from modellink.training.loop import configure_model_hooks, train_step
 from modellink.training.pretrain import _training_tokenizer, padded_vocab_size
-from modellink.training.replica import instance_id, memory_account, restore_from_replica
+from modellink.training.ha.replica import instance_id, memory_account, restore_from_replica
 
 REPLICA = ["--enable-high-availability", "--enable-optimizer-state-local-copy"]
 

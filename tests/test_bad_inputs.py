@@ -299,7 +299,7 @@ def test_index_cache_is_rebuilt_when_the_corpus_is_rewritten(root, monkeypatch):
     sample indices cached for the old one must not be reused."""
     from modellink.arguments import parse_args
     from modellink.data.tokenizers import build_tokenizer
-    from modellink.training.data import build_datasets
+    from modellink.training.data.datasets import build_datasets
     monkeypatch.setenv("WORLD_SIZE", "1")
     prefix = str(root / "corpus_text_document")
     args = parse_args(MODEL + ["--train-iters", "4", "--data-path", prefix, "--split", "100,0,0",

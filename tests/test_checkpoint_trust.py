@@ -15,7 +15,7 @@ from conftest import ROOT, TINY_LLAMA, _free_port, run_ranks, train_history
 from modellink.checkpoint.errors import ConversionError
 from modellink.checkpoint.megatron_reader import MegatronSource
 from modellink.checkpoint.safe_load import load_pt
-from modellink.training.checkpointing import CheckpointError
+from modellink.training.checkpoint.checkpointing import CheckpointError
 from test_convert_families import convert
 
 RANK_FILE = os.path.join("iter_0000002", "mp_rank_00", "model_optim_rng.pt")

@@ -16,8 +16,8 @@ from conftest import ROOT, TINY_LLAMA, _free_port, train_history
 from modellink.arguments import ArgumentError, parse_args
 from modellink.evaluation.benchmarks import load_questions
 from modellink.evaluation.scoring import score
-from modellink.training.data import DataError, build_datasets
-from modellink.training.instruction_batch import (
+from modellink.training.data.datasets import DataError, build_datasets
+from modellink.training.data.instruction_batch import (
     InstructionCollator,
     length_multiple,
     pad_step_to_common_length,

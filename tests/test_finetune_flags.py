@@ -18,7 +18,7 @@ from data_helpers import demo  # noqa: F401
 from modellink.arguments import ArgumentError, parse_args
 from modellink.data.tokenizers import add_tokenizer_arguments, build_tokenizer
 from modellink.models.lora import load_weights
-from modellink.training import data
+from modellink.training.data import datasets as data
 from test_finetune import _finetune_args, write_instruction_dataset
 
 

@@ -4,8 +4,8 @@ import os
 
 import torch
 
-from modellink.training.checkpointing import TRACKER_FILENAME
-from modellink.training.dying_gasp_parts import publish_parts
+from modellink.training.checkpoint.checkpointing import TRACKER_FILENAME
+from modellink.training.ha.dying_gasp_parts import publish_parts
 
 
 def _args(save) -> argparse.Namespace:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import _free_port
-from modellink.training.dying_gasp_store import FAILED, SURVIVOR, UPDATING, Board
+from modellink.training.ha.dying_gasp_store import FAILED, SURVIVOR, UPDATING, Board
 
 WORLD = 4
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from modellink import backend
-from modellink.training.exit_conditions import ExitMonitor
+from modellink.training.ha.exit_conditions import ExitMonitor
 
 
 @pytest.fixture

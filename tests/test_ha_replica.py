@@ -14,7 +14,7 @@ import torch
 
 from conftest import ROOT, TINY_LLAMA, _free_port, run_ranks, train_history
 from modellink.arguments import ArgumentError, parse_args
-from modellink.training.replica import memory_account
+from modellink.training.ha.replica import memory_account
 
 ITERS = 6
 REPLICA = TINY_LLAMA + ["--use-distributed-optimizer", "--enable-high-availability",

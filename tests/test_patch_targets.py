@@ -83,4 +83,4 @@ def test_listing_shows_patches_overrides_and_formats(capsys):
                  "megatron.core.transformer.transformer_layer.TransformerLayer.forward"]:
         assert line in out.splitlines()
     assert "  distributed-optimizer state (distrib_optim.pt): " \
-           "modellink/training/optimizer_shards.py <-> " in out
+           "modellink/training/checkpoint/optimizer_shards.py <-> " in out

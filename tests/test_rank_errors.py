@@ -8,7 +8,7 @@ import pytest
 
 from conftest import ROOT, _free_port
 from modellink.errors import run_cli
-from modellink.training.data import DataError
+from modellink.training.data.datasets import DataError
 
 
 def _raise(exc: Exception) -> None:

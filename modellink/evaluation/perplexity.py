@@ -16,7 +16,7 @@ from megatron.core.datasets.utils import get_blend_from_list
 
 from modellink.evaluation.lm import ModelLinkLM
 from modellink.evaluation.results import TaskResult
-from modellink.training.data import DataError, check_indexed_dataset
+from modellink.training.data.datasets import DataError, check_indexed_dataset
 
 
 def windows(prefix: str, length: int, limit: Optional[int]) -> Iterator[List[int]]:

@@ -24,7 +24,7 @@ from megatron.core.num_microbatches_calculator import destroy_num_microbatches_c
 
 from modellink.data.tokenizers import Tokenizer, build_tokenizer
 from modellink.models.gpt import build_model_chunks, transformer_config_from_args
-from modellink.training.checkpointing import CheckpointError, load_checkpoint, read_tracker
+from modellink.training.checkpoint.checkpointing import CheckpointError, load_checkpoint, read_tracker
 from modellink.training.initialize import initialize, shutdown
 from modellink.training.pretrain import padded_vocab_size
 

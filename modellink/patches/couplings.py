@@ -40,14 +40,14 @@ PRIVATE_CALLS = [
                 "_yarn_get_concentration_factor_from_config", ("config",),
                 "modellink/ops/rotary_attention.py"),
     PrivateCall(f"{_OPTIMIZER}._get_main_param_and_optimizer_states", ("self", "model_param"),
-                "modellink/training/optimizer_shards.py"),
+                "modellink/training/checkpoint/optimizer_shards.py"),
     PrivateCall(f"{_OPTIMIZER}._copy_main_params_to_model_params", ("self",),
-                "modellink/training/replica.py"),
+                "modellink/training/ha/replica.py"),
     PrivateCall(f"{_INDEXED}._IndexWriter", ("idx_path", "dtype"), "modellink/data/writer.py"),
     PrivateCall("megatron.core.datasets.megatron_dataset.MegatronDataset._key_config_attributes",
-                (), "modellink/training/instruction_data.py"),
+                (), "modellink/training/data/instruction_data.py"),
     PrivateCall("megatron.core.datasets.gpt_dataset.GPTDataset._key_config_attributes", (),
-                "modellink/training/data.py"),
+                "modellink/training/data/datasets.py"),
 ]
 
 SUBCLASSES = [
@@ -63,17 +63,17 @@ SUBCLASSES = [
     "modellink.ops.mc2.MC2RowParallelLinear",
     "modellink.ops.mlp.ActivationMLP",
     "modellink.ops.rotary_attention.RotarySelfAttention",
-    "modellink.training.data._IndexKeyedConfig",
-    "modellink.training.data.IndexKeyedGPTDataset",
-    "modellink.training.instruction_data.InstructionDatasetConfig",
-    "modellink.training.instruction_data.InstructionDataset",
+    "modellink.training.data.datasets._IndexKeyedConfig",
+    "modellink.training.data.datasets.IndexKeyedGPTDataset",
+    "modellink.training.data.instruction_data.InstructionDatasetConfig",
+    "modellink.training.data.instruction_data.InstructionDataset",
 ]
 
 FORMATS = [
     Format("distributed-optimizer state (distrib_optim.pt)",
            (f"{_OPTIMIZER}.get_parameter_state_dp_zero",
             f"{_OPTIMIZER}.load_parameter_state_from_dp_zero"),
-           "modellink/training/optimizer_shards.py",
+           "modellink/training/checkpoint/optimizer_shards.py",
            "rebuilt from per-rank shards without a collective; the same bytes as the gather"),
     Format("indexed dataset index (.idx)", (f"{_INDEXED}._IndexWriter.write",
                                             f"{_INDEXED}._IndexReader"),
@@ -82,7 +82,7 @@ FORMATS = [
     Format("model-parallel RNG state in checkpoints",
            ("megatron.core.tensor_parallel.random.CudaRNGStatesTracker.get_states",
             "megatron.core.tensor_parallel.random.CudaRNGStatesTracker.set_states"),
-           "modellink/training/checkpointing.py",
+           "modellink/training/checkpoint/checkpointing.py",
            "the tracker's states are saved as Megatron-LM saves them, so its checkpoints load"),
 ]
 

@@ -1,1 +1,2 @@
-"""Initialisation, the train loop, checkpointing and logging."""
+"""Training: `pretrain()` and the loop at this level; each concern around them in its own
+subpackage (data, checkpoint, ha for high availability, monitoring)."""

@@ -16,7 +16,7 @@ from modellink.argument_errors import ArgumentError
 from modellink.models.gpt import build_model_chunks
 from modellink.models.init import init_layout_independent
 from modellink.models.lora import lora_enabled, prepare_for_training
-from modellink.training.replica import optimizer_instances
+from modellink.training.ha.replica import optimizer_instances
 from modellink.training.sample_schedule import schedule_steps
 
 

@@ -6,7 +6,7 @@ import argparse
 
 from modellink.argument_errors import ArgumentError
 from modellink.data.templates import get_template
-from modellink.training.instruction_batch import LENGTH_MULTIPLE
+from modellink.training.data.instruction_batch import LENGTH_MULTIPLE
 
 
 def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:

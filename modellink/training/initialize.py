@@ -18,7 +18,7 @@ from megatron.core.num_microbatches_calculator import (
 from modellink import backend as backends
 from modellink.patches import apply_patches
 from modellink.training.determinism import enable_deterministic_computation
-from modellink.training.replica import optimizer_instances
+from modellink.training.ha.replica import optimizer_instances
 
 
 def _free_port() -> int:

@@ -15,14 +15,14 @@ from megatron.core.distributed import finalize_model_grads
 from megatron.core.num_microbatches_calculator import get_num_microbatches
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from modellink.training.checkpointing import save_checkpoint
-from modellink.training.dying_gasp import UPDATE_NOTE, DyingGasp
-from modellink.training.exit_conditions import ExitMonitor
-from modellink.training.instruction_batch import pad_step_to_common_length
-from modellink.training.metrics import flops_per_iteration, params_l2_norm, training_log_line
-from modellink.training.monitor import TrainingMonitor
+from modellink.training.checkpoint.checkpointing import save_checkpoint
+from modellink.training.ha.dying_gasp import UPDATE_NOTE, DyingGasp
+from modellink.training.ha.exit_conditions import ExitMonitor
+from modellink.training.data.instruction_batch import pad_step_to_common_length
+from modellink.training.monitoring.metrics import flops_per_iteration, params_l2_norm, training_log_line
+from modellink.training.monitoring.monitor import TrainingMonitor
 from modellink.training.numerics import NonFiniteError, check_loss, is_grad_check_failure
-from modellink.training.profiling import StepProfiler
+from modellink.training.monitoring.profiling import StepProfiler
 
 
 @dataclass

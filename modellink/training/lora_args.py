@@ -52,7 +52,7 @@ def canonical_targets(names: List[str]) -> List[str]:
 
 
 def _check_lora_load(path: str) -> None:
-    from modellink.training.checkpointing import TRACKER_FILENAME
+    from modellink.training.checkpoint.checkpointing import TRACKER_FILENAME
 
     if not os.path.isdir(path):
         raise ArgumentError(f"--lora-load {path} does not exist (a directory of adapter "

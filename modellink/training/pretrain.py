@@ -12,13 +12,13 @@ from modellink.data.tokenizers import build_tokenizer
 from modellink.models.gpt import transformer_config_from_args
 from modellink.models.layer_spec import operator_paths
 from modellink.models.lora import lora_enabled
-from modellink.training.checkpointing import load_checkpoint
+from modellink.training.checkpoint.checkpointing import load_checkpoint
 from modellink.training.components import build_model, build_optimizer, build_scheduler
-from modellink.training.data import build_datasets, build_iterator, check_data_files
+from modellink.training.data.datasets import build_datasets, build_iterator, check_data_files
 from modellink.training.initialize import initialize, shutdown
 from modellink.training.loop import (TrainState, configure_model_hooks, evaluate_only, save,
                                      train)
-from modellink.training.replica import log_memory_account
+from modellink.training.ha.replica import log_memory_account
 
 
 def padded_vocab_size(vocab_size: int, args: argparse.Namespace) -> int:

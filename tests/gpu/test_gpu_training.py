@@ -51,7 +51,7 @@ def _samples(argv: List[str]) -> List[dict]:
     """The samples the run consumed, in order: its own train dataset, read sequentially."""
     from modellink.arguments import parse_args
     from modellink.data.tokenizers import build_tokenizer
-    from modellink.training.data import build_datasets
+    from modellink.training.data.datasets import build_datasets
 
     args = parse_args(argv)
     train, _ = build_datasets(args, build_tokenizer(args))

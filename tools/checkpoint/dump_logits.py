@@ -25,7 +25,7 @@ from megatron.core.num_microbatches_calculator import (  # noqa: E402
 from modellink.arguments import parse_args  # noqa: E402
 from modellink.errors import run_cli  # noqa: E402
 from modellink.models.gpt import build_model_chunks, transformer_config_from_args  # noqa: E402
-from modellink.training.checkpointing import load_checkpoint  # noqa: E402
+from modellink.training.checkpoint.checkpointing import load_checkpoint  # noqa: E402
 from modellink.training.initialize import initialize  # noqa: E402
 
 

@@ -43,10 +43,10 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 
-from modellink.training import dying_gasp_store as store
-from modellink.training.checkpoint_retention import remove_partial_saves
-from modellink.training.checkpointing import iteration_dir, rng_state, set_rng_state
-from modellink.training.dying_gasp_parts import publish_parts, unsupported, write_parts
+from modellink.training.ha import dying_gasp_store as store
+from modellink.training.checkpoint.retention import remove_partial_saves
+from modellink.training.checkpoint.checkpointing import iteration_dir, rng_state, set_rng_state
+from modellink.training.ha.dying_gasp_parts import publish_parts, unsupported, write_parts
 
 UPDATE_NOTE = "raised once the optimizer had begun updating the weights"
 # How long the reporting ranks wait for the others: at least this, and at least twice the

@@ -20,15 +20,15 @@ from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, Moc
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import get_blend_from_list
 
-from modellink.training.instruction_batch import InstructionCollator, length_multiple
-from modellink.training.instruction_data import (
+from modellink.training.data.instruction_batch import InstructionCollator, length_multiple
+from modellink.training.data.instruction_data import (
     InstructionDataset,
     InstructionDatasetConfig,
     check_instruction_prefix,
     is_instruction_prefix,
     rows_longer_than,
 )
-from modellink.training.sampler import PretrainingSampler
+from modellink.training.data.sampler import PretrainingSampler
 from modellink.user_error import UserError
 
 

@@ -34,7 +34,7 @@ def is_instruction_prefix(prefix: str) -> bool:
 def check_instruction_prefix(prefix: str) -> int:
     """Fail early, naming the file, unless PREFIX holds three consistent instruction datasets;
     returns the number of rows."""
-    from modellink.training.data import DataError, check_indexed_dataset
+    from modellink.training.data.datasets import DataError, check_indexed_dataset
 
     for key in KEYS:
         suffix = f"_packed_{key}_document"

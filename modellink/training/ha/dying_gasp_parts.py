@@ -21,7 +21,7 @@ import torch
 from megatron.core import parallel_state
 
 from modellink.checkpoint.safe_load import load_pt
-from modellink.training.checkpointing import (
+from modellink.training.checkpoint.checkpointing import (
     MODEL_FILENAME,
     OPTIMIZER_FILENAME,
     CheckpointError,
@@ -31,8 +31,8 @@ from modellink.training.checkpointing import (
     rank_dirname,
     save_file,
 )
-from modellink.training.optimizer_shards import assemble, local_shards
-from modellink.training.replica import REPLICA_OPTIMIZER_FILENAME, optimizer_instances
+from modellink.training.checkpoint.optimizer_shards import assemble, local_shards
+from modellink.training.ha.replica import REPLICA_OPTIMIZER_FILENAME, optimizer_instances
 
 _PARTS_DIRNAME = "parts"
 

@@ -30,14 +30,14 @@ from megatron.core import parallel_state, tensor_parallel
 from modellink.checkpoint.mappings import EMBEDDING, OUTPUT
 from modellink.checkpoint.safe_load import load_pt
 from modellink.models.lora import load_weights, lora_enabled, saved_weights
-from modellink.training.checkpoint_retention import (
+from modellink.training.checkpoint.retention import (
     prune_checkpoints,
     remove_partial_saves,
     saved_iterations,
 )
 from modellink.training.components import resume_scheduler
 from modellink.training.lora_args import check_adapter_flags
-from modellink.training.replica import optimizer_files, writes_optimizer_file
+from modellink.training.ha.replica import optimizer_files, writes_optimizer_file
 from modellink.user_error import UserError
 
 TRACKER_FILENAME = "latest_checkpointed_iteration.txt"
