@@ -20,6 +20,6 @@ setup(
         "monitor": ["tensorboard"],
         "lm_eval": ["lm_eval>=0.4,<0.5"],
         # The optional integrations are installed for the tests so that they run, not skip.
-        "test": ["pytest", "tensorboard", "lm_eval>=0.4,<0.5", "pyarrow"],
+        "test": ["pytest", "tensorboard", "lm_eval>=0.4,<0.5", "pyarrow", "trl>=1.16,<2"],
     },
 )

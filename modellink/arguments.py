@@ -13,13 +13,18 @@ import re
 from typing import List, Optional, Sequence
 
 from modellink.argument_errors import ArgumentError, require
+from modellink.context_parallel_args import (add_context_parallel_arguments,
+                                             validate_context_parallel_args)
 from modellink.data.tokenizers import add_tokenizer_arguments
 from modellink.modellink_flags import add_unsupported_flags, no_effect_notes
 from modellink.models.feature_args import add_model_feature_arguments, validate_model_features
 from modellink.models.moe import add_moe_arguments, validate_moe_args
 from modellink.training.finetune_args import add_finetune_arguments, validate_finetune_args
 from modellink.training.lora_args import add_lora_arguments, validate_lora_args
+from modellink.training.posttrain.args import add_posttrain_arguments, validate_posttrain_args
 from modellink.training.ha.args import add_resilience_arguments, validate_resilience_args
+from modellink.training.checkpoint.checkpoint_args import load_args_from_checkpoint
+from modellink.training.monitoring.timing import add_timing_arguments
 from modellink.training.sample_schedule import (add_sample_schedule_arguments,
                                                 validate_sample_schedule)
 from modellink.writable import writable_dir_problem
@@ -42,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tokenizer_arguments(parser)
     add_finetune_arguments(parser)
     add_lora_arguments(parser)
+    add_posttrain_arguments(parser)
     _add_checkpoint_args(parser)
     _add_logging_args(parser)
     _add_fused_op_args(parser)
@@ -52,18 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
-    g.add_argument("--num-layers", type=int, required=True)
-    g.add_argument("--hidden-size", type=int, required=True)
+    g.add_argument("--num-layers", type=int, default=None)
+    g.add_argument("--hidden-size", type=int, default=None)
     g.add_argument("--ffn-hidden-size", type=int, default=None,
                    help="default: 4*hidden, or 8/3*hidden rounded to 64 with --swiglu")
-    g.add_argument("--num-attention-heads", type=int, required=True)
+    g.add_argument("--num-attention-heads", type=int, default=None)
     g.add_argument("--kv-channels", type=int, default=None)
     g.add_argument("--qk-layernorm", action="store_true",
                    help="normalise each head's queries and keys (a --normalization norm over "
                         "the head width) before attention")
     g.add_argument("--group-query-attention", action="store_true")
     g.add_argument("--num-query-groups", type=int, default=1)
-    g.add_argument("--seq-length", type=int, required=True)
+    g.add_argument("--seq-length", type=int, default=None)
     g.add_argument("--max-position-embeddings", type=int, default=None)
     g.add_argument("--position-embedding-type", default="learned_absolute",
                    choices=["learned_absolute", "rope", "alibi", "none"])
@@ -111,7 +117,9 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--attention-softmax-in-fp32", action="store_true")
     g.add_argument("--apply-query-key-layer-scaling", action="store_true")
     g.add_argument("--no-masked-softmax-fusion", action="store_false",
-                   dest="masked_softmax_fusion")
+                   dest="masked_softmax_fusion",
+                   help="accepted for script compatibility: the fused masked softmax is never "
+                        "used here (the start-up log says so)")
     g.add_argument("--use-mcore-models", action="store_true",
                    help="accepted for script compatibility: megatron-core GPTModel is the only model")
     g.add_argument("--transformer-impl", default="local", choices=["local"],
@@ -127,6 +135,7 @@ def _add_parallel_args(parser: argparse.ArgumentParser) -> None:
                    help="comma-separated layer count per pipeline stage, e.g. 6,10")
     g.add_argument("--sequence-parallel", action="store_true")
     g.add_argument("--context-parallel-size", type=int, default=1)
+    add_context_parallel_arguments(g)
     g.add_argument("--expert-model-parallel-size", type=int, default=1)
     g.add_argument("--use-distributed-optimizer", action="store_true")
     g.add_argument("--overlap-grad-reduce", action="store_true")
@@ -193,6 +202,8 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
                    help="what --recompute-granularity selective recomputes (default core_attn)")
     g.add_argument("--recompute-activation-function", action="store_true",
                    help="recompute the MLP activation in backward instead of keeping its output")
+    g.add_argument("--plan-only", action="store_true",
+                   help="print the memory plan of this run (modellink/plan) and exit")
     g.add_argument("--skip-train", action="store_true",
                    help="no training: load, then evaluate on the validation set once")
     g.add_argument("--manual-gc", action="store_true",
@@ -225,9 +236,20 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data")
     g.add_argument("--data-path", nargs="*", default=None,
                    help="prefixes, optionally weighted: 0.3 prefix_a 0.7 prefix_b")
-    g.add_argument("--split", default="969, 30, 1")
+    g.add_argument("--split", default=None,
+                   help="train,validation,test weights dividing --data-path (default 969,30,1)")
+    g.add_argument("--train-data-path", nargs="*", default=None,
+                   help="the train split's own prefixes, weighted as --data-path (instead of "
+                        "--data-path and --split)")
+    g.add_argument("--valid-data-path", nargs="*", default=None,
+                   help="the validation split's own prefixes, weighted as --data-path")
+    g.add_argument("--test-data-path", nargs="*", default=None,
+                   help="the test split's own prefixes, weighted as --data-path")
     g.add_argument("--mock-data", action="store_true")
     g.add_argument("--data-cache-path", default=None)
+    g.add_argument("--no-shared-storage", action="store_true",
+                   help="nodes do not share a file system: the first rank of every node "
+                        "builds that node's dataset index caches")
     g.add_argument("--num-workers", type=int, default=0)
     g.add_argument("--reset-position-ids", action="store_true")
     g.add_argument("--reset-attention-mask", action="store_true")
@@ -251,6 +273,10 @@ def _add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--exit-on-missing-checkpoint", action="store_true",
                    help="a --load with no checkpoint is an error instead of a warning and a "
                         "start from random weights (it always is with --finetune)")
+    g.add_argument("--use-checkpoint-args", action="store_true",
+                   help="take the model's sizes the flags leave out, and always its "
+                        "normalization, activation, position embedding, biases and attention "
+                        "groups, from the arguments saved in the --load checkpoint")
     g.add_argument("--ckpt-format", default="torch", choices=["torch"],
                    help="Megatron-LM's iter_XXXXXXX/mp_rank_XX/model_optim_rng.pt layout")
 
@@ -264,8 +290,10 @@ def _add_logging_args(parser: argparse.ArgumentParser) -> None:
                    help="add the L2 norm of all parameters to the log line (params norm:)")
     g.add_argument("--log-num-zeros-in-grad", action="store_true",
                    help="add the number of zero gradient entries to the log line (num zeros:)")
+    add_timing_arguments(g)
     g.add_argument("--log-throughput", action="store_true",
-                   help="accepted for script compatibility: throughput is always logged")
+                   help="also write the TFLOP/s per device to TensorBoard / W&B as `throughput` "
+                        "(the console log line always shows it)")
 
 
 def _add_fused_op_args(parser: argparse.ArgumentParser) -> None:
@@ -333,6 +361,36 @@ def _validate_minimums(args: argparse.Namespace) -> None:
              f"--lr-warmup-fraction must be in [0, 1], got {args.lr_warmup_fraction}")
 
 
+def _validate_data_sources(args: argparse.Namespace) -> None:
+    per_split = [flag for flag, value in (("--train-data-path", args.train_data_path),
+                                          ("--valid-data-path", args.valid_data_path),
+                                          ("--test-data-path", args.test_data_path))
+                 if value is not None]
+    if not per_split:
+        if args.split is None:
+            args.split = "969, 30, 1"  # Megatron-LM's default
+        _validate_split(args.split)
+        return
+    # As Megatron-LM: one source of data per run.
+    for flag, given in (("--data-path", args.data_path is not None),
+                        ("--mock-data", args.mock_data), ("--split", args.split is not None)):
+        require(not given, f"{per_split[0]} and {flag} are mutually exclusive: with "
+                           f"--train/valid/test-data-path each split reads its own data")
+    require(args.train_data_path is not None,
+            f"{per_split[0]} needs --train-data-path PREFIX [...] for the train split")
+
+
+# Required unless --use-checkpoint-args fills them in from the checkpoint (as Megatron-LM).
+_MODEL_SIZE_FLAGS = ("--num-layers", "--hidden-size", "--num-attention-heads", "--seq-length")
+
+
+def _require_model_size(args: argparse.Namespace) -> None:
+    missing = [flag for flag in _MODEL_SIZE_FLAGS
+               if getattr(args, flag[2:].replace("-", "_")) is None]
+    require(not missing, f"the following arguments are required: {', '.join(missing)} "
+                         f"(or --use-checkpoint-args with --load)")
+
+
 def _validate_split(split: str) -> None:
     # megatron-core would fail on it deep inside dataset building with a bare ValueError.
     parts = [p.strip() for p in re.split(r"[,/]", split)]
@@ -361,15 +419,22 @@ def validate_args(args: argparse.Namespace) -> None:
     """Check sizes against each other and fill in the derived ones; what the start-up log must
     tell about flags that act differently here goes to `args.compatibility_notes`."""
     args.compatibility_notes = no_effect_notes(args)
+    if args.use_checkpoint_args:
+        taken = load_args_from_checkpoint(args)
+        args.compatibility_notes.append(
+            f"--use-checkpoint-args: from {args.load}: {', '.join(taken) or 'no change'}")
+    _require_model_size(args)
     _validate_minimums(args)
-    _validate_split(args.split)
+    _validate_data_sources(args)
     _validate_parallel_sizes(args)
     _validate_model_shape(args)
     validate_model_features(args)
+    validate_context_parallel_args(args)
     _validate_batch(args)
     _validate_training(args)
     _validate_fused_ops(args)
     validate_resilience_args(args)
+    validate_posttrain_args(args)  # before the fine-tuning checks: dpo implies instruction data
     validate_finetune_args(args)
     validate_lora_args(args)
 
@@ -381,7 +446,6 @@ def _validate_parallel_sizes(args: argparse.Namespace) -> None:
                         ("--context-parallel-size", cp),
                         ("--expert-model-parallel-size", args.expert_model_parallel_size)):
         require(value >= 1, f"{name} must be >= 1, got {value}")
-    require(cp == 1, "--context-parallel-size > 1 is not supported yet (no ring attention); use 1")
     model_parallel = tp * pp * cp
     require(args.world_size % model_parallel == 0,
              f"world size {args.world_size} is not divisible by tensor x pipeline x context "
@@ -510,8 +574,9 @@ def _validate_training(args: argparse.Namespace) -> None:
     if args.recompute_method is not None:
         require(args.recompute_granularity == "full",
                  "--recompute-method needs --recompute-granularity full")
-    if args.data_path is None and not args.mock_data:
-        raise ArgumentError("no training data: pass --data-path PREFIX [...] or --mock-data")
+    if args.data_path is None and not args.mock_data and args.train_data_path is None:
+        raise ArgumentError("no training data: pass --data-path PREFIX [...], "
+                            "--train-data-path PREFIX [...] or --mock-data")
     if args.data_path is not None and args.mock_data:
         raise ArgumentError("--data-path and --mock-data are mutually exclusive")
     if args.save_interval is not None:

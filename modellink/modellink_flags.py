@@ -17,12 +17,6 @@ from modellink.argument_errors import ArgumentError
 # flag -> what ModelLink uses it for (the error message says it; the docs table repeats it).
 UNSUPPORTED: Dict[str, str] = {
     # parallelism and memory
-    "--context-parallel-algo": "picks Ulysses, ring or hybrid context parallelism",
-    "--ulysses-degree-in-cp": "Ulysses group size inside hybrid context parallelism",
-    "--cp-attention-mask-type": "causal or full attention mask under context parallelism",
-    "--use-cp-send-recv-overlap": "overlaps ring-attention send/recv with compute",
-    "--kv-head-repeat-before-uly-alltoall": "repeats GQA key/value heads before the Ulysses "
-                                            "all-to-all",
     "--reuse-fp32-param": "frees the fp32 master-weight copies of the distributed optimizer",
     "--swap-attention": "swaps attention activations to host memory",
     "--swap-modules": "which modules --swap-attention swaps",
@@ -30,7 +24,6 @@ UNSUPPORTED: Dict[str, str] = {
                                              "not per virtual stage",
     "--recompute-activation-function-num-layers": "layers whose MLP activation is recomputed",
     "--output-layer-slice-num": "splits the output-layer matmul into slices to save memory",
-    "--no-shared-storage": "for nodes that do not share a file system (per-node data caches)",
     # model shape
     "--add-dense-bias": "bias on the attention output projection with --disable-bias-linear",
     "--skip-bias-add": "adds linear biases inside the layer instead of fusing them later",
@@ -49,17 +42,6 @@ UNSUPPORTED: Dict[str, str] = {
     "--no-create-attention-mask-in-dataloader": "leaves the attention mask out of the data "
                                                 "loader",
     # Megatron-LM training flags ModelLink inherits
-    "--rampup-batch-size":
-        "grows the global batch size from a start size by an increment over a number of "
-        "samples",
-    "--use-checkpoint-args": "takes the model-shape flags from the --load checkpoint",
-    "--apply-residual-connection-post-layernorm":
-        "takes the residual from the layer norm's output, not its input",
-    "--fp32-residual-connection": "keeps the residual stream in fp32 under --fp16/--bf16",
-    "--train-data-path": "the train split's own dataset (instead of --data-path with --split)",
-    "--valid-data-path": "the validation split's own dataset",
-    "--test-data-path": "the test split's own dataset",
-    "--timing-log-level": "how much of Megatron-LM's timer breakdown is logged (0, 1 or 2)",
     # multi-head latent attention (DeepSeek-V2)
     "--multi-head-latent-attention": "DeepSeek-V2 multi-head latent attention",
     "--q-lora-rank": "low rank of the MLA query projection",
@@ -69,31 +51,24 @@ UNSUPPORTED: Dict[str, str] = {
     "--qk-nope-head-dim": "MLA query/key channels without RoPE",
     # mixture of experts
     "--expert-interval": "MoE layer in every N-th layer",
-    "--moe-train-capacity-factor": "expert capacity of the older SwitchMLP MoE layer, which is "
-                                   "not built here; --moe-expert-capacity-factor sets the "
-                                   "capacity of the megatron-core MoE layer",
+    "--moe-train-capacity-factor": "expert capacity of the legacy SwitchMLP MoE layer, not built "
+                                   "here (its ModelLink mcore MoE ignores it); it keeps first "
+                                   "choices before second ones and at least 4 tokens, and "
+                                   "renormalises after drops, unlike megatron-core's layer, "
+                                   "whose capacity --moe-expert-capacity-factor sets",
     "--noisy-gate-policy": "noise in the MoE gate (Jitter or RSample)",
     "--enable-token-rearrange-opt": "faster token permutation in the MoE layer",
     "--shared-expert-gate-output-dimension": "output width of the shared-expert gate",
     "--moe-intermediate-size": "DeepSeek MoE expert hidden size",
     "--n-shared-experts": "DeepSeek MoE shared experts",
-    "--topk-group": "DeepSeek device-limited routing: groups to pick experts from",
-    "--routed-scaling-factor": "DeepSeek scale of the routed experts' output",
     "--norm-topk-prob": "renormalises the chosen experts' weights",
     "--seq-aux": "per-sequence MoE auxiliary loss",
     "--first-k-dense-replace": "the first K layers are dense, not MoE",
     "--moe-layer-freq": "MoE layer frequency",
     "--moe-device-level-aux-loss-coeff": "DeepSeek device-level balance loss weight",
     "--moe-comm-aux-loss-coeff": "DeepSeek communication balance loss weight",
-    # fine-tuning, LoRA and preference training
-    "--stage": "DPO or reward-model training",
-    "--is-pairwise-dataset": "chosen/rejected pairs for preference training",
-    "--dpo-beta": "DPO loss beta",
-    "--dpo-loss-type": "DPO loss variant (sigmoid, hinge, ipo)",
-    "--dpo-label-smoothing": "conservative-DPO label smoothing",
+    # preference training
     "--dpo-ftx": "weight of the supervised loss in DPO",
-    "--pref-ftx": "weight of the supervised loss in preference training",
-    "--ref-model": "reference model of DPO",
 }
 
 

@@ -19,6 +19,7 @@ def main(argv: Optional[List[str]] = None, out: Optional[str] = None) -> None:
         with open(out, "w") as handle:
             json.dump({"loss": [r.loss for r in state.history],
                        "grad_norm": [r.grad_norm for r in state.history],
+                       "metrics": [r.metrics for r in state.history],
                        "iteration": [r.iteration for r in state.history],
                        "validation": state.validation}, handle)
 

@@ -1,12 +1,13 @@
 """Tiny checkpoints of the trust_remote_code families, in their published layouts.
 
-transformers has no classes for Baichuan2, InternLM2 or ChatGLM3 and no code may be downloaded,
-so each case is a transformers model that computes the same function (Llama for Baichuan2-7B
-and InternLM2; GLM-4's GlmForCausalLM for ChatGLM3: RoPE on half of each head's channels,
-adjacent pairs rotated, QKV bias, RMSNorm, SwiGLU, untied head), whose state dict is rewritten
-here into the family's own tensor names, fused layouts and config.json. Baichuan2-13B (ALiBi)
-has no transformers counterpart; its reference is its forward pass, written out below over a
-Llama's weights. All of this follows the families' modeling code, independently of modellink.
+transformers has no classes for Baichuan2, Aquila, InternLM2 or ChatGLM3 and no code may be
+downloaded, so each case is a transformers model that computes the same function (Llama for
+Baichuan2-7B, Aquila and InternLM2; GLM-4's GlmForCausalLM for ChatGLM3: RoPE on half of each
+head's channels, adjacent pairs rotated, QKV bias, RMSNorm, SwiGLU, untied head), whose state
+dict is rewritten here into the family's own tensor names, fused layouts and config.json.
+Baichuan2-13B (ALiBi) has no transformers counterpart; its reference is its forward pass,
+written out below over a Llama's weights. All of this follows the families' modeling code,
+independently of modellink.
 """
 from __future__ import annotations
 
@@ -101,6 +102,25 @@ class Baichuan13BReference(torch.nn.Module):
         return SimpleNamespace(logits=self.llama.lm_head(model.norm(hidden)))
 
 
+def _aquila(sd: State, c: transformers.PretrainedConfig) -> Tuple[State, Dict[str, Any]]:
+    """Aquila2's checkpoint is a Llama's tensors under its own config.json (as Aquila2-34B's:
+    GQA, its RoPE base)."""
+    config = {"architectures": ["AquilaForCausalLM"], "model_type": "aquila",
+              "auto_map": {"AutoConfig": "configuration_aquila.AquilaConfig",
+                           "AutoModelForCausalLM": "modeling_aquila.AquilaForCausalLM"},
+              "hidden_act": "silu", "hidden_size": c.hidden_size,
+              "initializer_range": 0.02, "intermediate_size": c.intermediate_size,
+              "max_position_embeddings": c.max_position_embeddings,
+              "num_attention_heads": c.num_attention_heads,
+              "num_hidden_layers": c.num_hidden_layers,
+              "num_key_value_heads": c.num_key_value_heads, "rms_norm_eps": c.rms_norm_eps,
+              "rope_theta": c.rope_parameters["rope_theta"], "rope_scaling": None,
+              "tie_word_embeddings": False, "vocab_size": c.vocab_size,
+              "bos_token_id": 100006, "eos_token_id": 100007, "pad_token_id": 0,
+              "use_cache": True}
+    return dict(sd), config
+
+
 def _internlm2(sd: State, c: transformers.PretrainedConfig) -> Tuple[State, Dict[str, Any]]:
     out = {"model.tok_embeddings.weight": sd["model.embed_tokens.weight"],
            "model.norm.weight": sd["model.norm.weight"], "output.weight": sd["lm_head.weight"]}
@@ -192,6 +212,11 @@ REMOTE_FAMILIES: Dict[str, RemoteFamily] = {
         _baichuan2_13b, normalized_head="lm_head.weight", family="baichuan2", alibi=True),
     "internlm2": RemoteFamily(lambda: transformers.LlamaConfig(**SHAPE, num_key_value_heads=2),
                               _internlm2),
+    # No transformers class: LlamaForCausalLM is the function Aquila's modeling code computes.
+    "aquila": RemoteFamily(lambda: transformers.LlamaConfig(
+        **SHAPE, num_key_value_heads=2, rope_parameters={"rope_type": "default",
+                                                        "rope_theta": 1e6}),
+                           _aquila, family="llama2"),
     "chatglm3": RemoteFamily(lambda: transformers.GlmConfig(
         **SHAPE, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5,
         partial_rotary_factor=0.5, attention_bias=True, tie_word_embeddings=False,

@@ -64,7 +64,7 @@ def test_modellink_chatglm3_rope_flags_parse():
     (["--group-query-attention", "--num-query-groups", "3"], 1, "--num-query-groups 3"),
     (["--fp16", "--bf16"], 1, "mutually exclusive"),
     (["--num-experts", "3", "--expert-model-parallel-size", "2"], 2, "--num-experts 3"),
-    (["--context-parallel-size", "2"], 2, "--context-parallel-size"),
+    (["--context-parallel-size", "3"], 3, "2 x --context-parallel-size 3"),
     (["--recompute-granularity", "full"], 1, "--recompute-method"),
     (["--save-interval", "5"], 1, "--save"),
     (["--rotary-percent", "1.5"], 1, "--rotary-percent must be in (0, 1]"),

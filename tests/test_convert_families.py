@@ -2,6 +2,7 @@
 Megatron -> HF gives back bit-identical tensors. The trust_remote_code families are checkpoints
 in their own layouts of transformers models that compute the same function (see
 remote_code_families.py)."""
+import copy
 import json
 import os
 import subprocess
@@ -14,16 +15,32 @@ import torch
 import transformers
 
 from conftest import ROOT, _free_port
+from logits_parity import assert_logits_close
 from modellink.checkpoint.cli import main as convert_main
 from remote_code_families import (
     REMOTE_FAMILIES, expected_round_trip, load_remote, model_type_hf, save_remote)
 
 SMALL = dict(vocab_size=250, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+# LLaMA 3.1's RoPE scaling over a 48-token original context: with 16 channels per head, one
+# frequency each falls in the kept and blended bands, the rest in the divided one. Weights
+# 5x the default scale make positions matter (see test_carried_setting_changes_the_logits).
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+               "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 48}
 HF_CONFIGS = {
     "llama2": lambda: transformers.LlamaConfig(**SMALL),
-    "mistral": lambda: transformers.MistralConfig(**SMALL, sliding_window=None),
+    "llama3": lambda: transformers.LlamaConfig(**SMALL, rope_parameters=LLAMA3_ROPE,
+                                               initializer_range=0.1),
+    # A window of 4 keys, half of the 8-token inputs.
+    "mistral": lambda: transformers.MistralConfig(**SMALL, sliding_window=4),
     "qwen": lambda: transformers.Qwen2Config(**SMALL, tie_word_embeddings=True),
+    # Qwen2.5 as published: untied, RoPE base 1e6, a sliding window configured but off.
+    "qwen2.5": lambda: transformers.Qwen2Config(
+        **SMALL, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+        use_sliding_window=False, sliding_window=32, max_window_layers=2),
+    # Per-head query/key RMSNorm, no QKV bias, head_dim != hidden / heads.
+    "qwen3": lambda: transformers.Qwen3Config(**SMALL, head_dim=24),
     "mixtral": lambda: transformers.MixtralConfig(**dict(SMALL, intermediate_size=64),
                                                   num_local_experts=4, num_experts_per_tok=2),
     # head_dim != hidden / heads; small soft-caps and a 4-token window so that each changes
@@ -35,6 +52,10 @@ HF_CONFIGS = {
     "bloom": lambda: transformers.BloomConfig(vocab_size=250, hidden_size=64, n_layer=4,
                                               n_head=4),
 }
+# config.json keys the saving class writes (from_config leaves architectures unset).
+CLASS_WRITTEN = ("architectures", "transformers_version")
+# A test case's --model-type-hf, where it is not the case's name.
+CASE_FAMILY = {"llama3": "llama2", "qwen2.5": "qwen"}
 # name -> (converter flags, ranks to run on)
 LAYOUTS: Dict[str, Tuple[List[str], int]] = {
     "tp1pp1": ([], 2),
@@ -53,11 +74,18 @@ EXTRA_LAYOUTS = {
                 "tp2ep2": (["--target-tensor-parallel-size", "2",
                             "--target-expert-parallel-size", "2"], 4)},
 }
+# Variants of a family checked at every layout already: TP=2 and PP=2 only.
+ONLY_LAYOUTS = {case: ("tp2pp1", "tp1pp2") for case in ("qwen2.5", "aquila")}
 CASES = [(family, layout) for family in [*HF_CONFIGS, *REMOTE_FAMILIES]
-         for layout in list(LAYOUTS) + list(EXTRA_LAYOUTS.get(family, {}))]
+         for layout in ONLY_LAYOUTS.get(family) or
+         list(LAYOUTS) + list(EXTRA_LAYOUTS.get(family, {}))]
 TOKENS = torch.randint(0, 250, (2, 8), generator=torch.Generator().manual_seed(7)).tolist()
 RUN_FLAGS = ["--finetune", "--micro-batch-size", "1", "--train-iters", "0", "--lr", "0",
              "--mock-data", "--device", "cpu"]
+
+
+def family_flag(case: str) -> str:
+    return CASE_FAMILY.get(case) or model_type_hf(case)
 
 
 def layout_of(family: str, layout: str) -> Tuple[List[str], int]:
@@ -135,7 +163,7 @@ def converted(request, tmp_path_factory):
             flags, nproc = layout_of(family, layout)
             mg_dir = root / family / layout
             model_flags = convert("--load-model-type", "hf", "--save-model-type", "mg",
-                                  "--model-type-hf", model_type_hf(family),
+                                  "--model-type-hf", family_flag(family),
                                   "--load-dir", str(hf_dir),
                                   "--save-dir", str(mg_dir), *flags)
             # Two micro-batches per pipeline stage keep the interleaved schedule's check happy.
@@ -154,7 +182,7 @@ def test_logits_match_transformers(converted, family, layout):
     ours = torch.load(root / family / f"{layout}.pt")
     vocab = reference[family].shape[-1]
     assert ours.shape[-1] >= vocab
-    assert (ours[..., :vocab] - reference[family]).abs().max().item() < 1e-4
+    assert_logits_close(ours[..., :vocab], reference[family])
     assert (ours[..., vocab:] == 0).all()  # padded rows are zero, so padded logits are too
 
 
@@ -162,7 +190,7 @@ def test_logits_match_transformers(converted, family, layout):
 def test_round_trip_is_bit_identical(converted, family, layout, tmp_path):
     root, _ = converted
     convert("--load-model-type", "mg", "--save-model-type", "hf",
-            "--model-type-hf", model_type_hf(family), "--load-dir", str(root / family / layout),
+            "--model-type-hf", family_flag(family), "--load-dir", str(root / family / layout),
             "--save-dir", str(tmp_path / "hf"), "--max-shard-size", "200KB")
     if family in REMOTE_FAMILIES:
         # No classes to load them with: compare the files, and the whole config.json.
@@ -180,8 +208,29 @@ def test_round_trip_is_bit_identical(converted, family, layout, tmp_path):
     assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
     if family not in REMOTE_FAMILIES:  # theirs was compared whole above
         config = json.loads((tmp_path / "hf" / "config.json").read_text())
-        assert config["vocab_size"] == 250 and config["model_type"] == \
-            json.loads((root / family / "hf" / "config.json").read_text())["model_type"]
+        original_config = json.loads((root / family / "hf" / "config.json").read_text())
+        # Only what the HF model class itself writes differs (it names itself on export).
+        assert {key: value for key, value in config.items() if key not in CLASS_WRITTEN} == \
+            {key: value for key, value in original_config.items() if key not in CLASS_WRITTEN}
+
+
+@pytest.mark.parametrize("case,plain", [
+    ("llama3", {"rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}}),
+    ("mistral", {"sliding_window": None}),
+])
+def test_carried_setting_changes_the_logits(case, plain):
+    """The same weights without LLaMA 3's RoPE scaling or Mistral's window give other logits,
+    so the parity cases above (to 1e-5 of the logits' scale) would see either one dropped or
+    mistranslated."""
+    config = HF_CONFIGS[case]()
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    config = copy.deepcopy(config)  # the model reads its config on every forward
+    for key, value in plain.items():
+        setattr(config, key, value)
+    without = transformers.AutoModelForCausalLM.from_config(config)
+    without.load_state_dict(model.state_dict())
+    assert (hf_logits(model) - hf_logits(without)).abs().max().item() > 1e-2
 
 
 def test_normalized_head_round_trip_is_exact(tmp_path):

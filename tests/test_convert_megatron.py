@@ -7,6 +7,7 @@ import torch
 import transformers
 
 from conftest import TINY_LLAMA, train_history
+from logits_parity import assert_logits_close
 from test_convert_families import (
     RUN_FLAGS, TOKENS, convert, dump_logits, hf_logits, save_tiny_hf)
 
@@ -68,7 +69,7 @@ def checkpoints(tmp_path_factory):
 def test_reshard_keeps_logits_and_weights(checkpoints, name, tmp_path):
     root, reference, _ = checkpoints
     ours = torch.load(root / f"{name}.pt")[..., :reference.shape[-1]]
-    assert (ours - reference).abs().max().item() < 1e-4
+    assert_logits_close(ours, reference)
     convert("--load-model-type", "mg", "--save-model-type", "hf", "--load-dir", str(root / name),
             "--save-dir", str(tmp_path / "hf"))
     original = transformers.AutoModelForCausalLM.from_pretrained(root / "hf").state_dict()
@@ -94,6 +95,6 @@ def test_trained_checkpoint_exports_to_transformers(checkpoints):
     with torch.no_grad():
         theirs = model(torch.tensor(tokens)).logits
     ours = torch.load(root / "trained.pt")[..., :100]
-    assert (ours - theirs).abs().max().item() < 1e-4
+    assert_logits_close(ours, theirs)
     tokenizer = transformers.AutoTokenizer.from_pretrained(root / "trained_hf")
     assert tokenizer("w3 w7")["input_ids"] == [3, 7]

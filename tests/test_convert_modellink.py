@@ -56,6 +56,7 @@ def _pretrain_script(root: Path, load: Path, save: Path) -> subprocess.Completed
         DISTRIBUTED_BACKEND="gloo", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
         DATA_PATH=_dataset(root), TOKENIZER_MODEL=str(root / "llama-2-hf" / "tokenizer.model"),
         CKPT_LOAD_DIR=str(load), CKPT_SAVE_DIR=str(save), MODEL_ARGS=MODEL_ARGS,
+        LOG_DIR=str(save.parent / "logs"),
         EXTRA_ARGS="--device cpu --train-iters 1 --lr 0 --min-lr 0 --global-batch-size 4 "
                    "--eval-iters 0",
         PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}")

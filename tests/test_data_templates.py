@@ -9,8 +9,8 @@ from data_helpers import demo  # noqa: F401
 from modellink.data.templates import TEMPLATES, get_template
 from modellink.data.tokenizers import add_tokenizer_arguments, build_tokenizer
 
-REQUIRED = {"empty", "default", "alpaca", "llama2", "llama3", "chatml", "qwen", "mistral", "mixtral", "gemma",
-            "chatglm3"}
+REQUIRED = {"empty", "default", "alpaca", "llama2", "llama3", "chatml", "qwen", "qwen3", "mistral", "mixtral",
+            "gemma", "chatglm3"}
 CONVERSATION = [{"role": "user", "content": "1 + 2 ="}, {"role": "assistant", "content": "3"},
                 {"role": "user", "content": "2 + 2 ="}, {"role": "assistant", "content": "4"}]
 
@@ -50,6 +50,7 @@ def test_exact_text_of_common_templates(tokenizer):
     expect = {
         "qwen": ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n1 + 2 =<|im_end|>\n"
                  "<|im_start|>assistant\n", "3<|im_end|>"),
+        "qwen3": ("<|im_start|>user\n1 + 2 =<|im_end|>\n<|im_start|>assistant\n", "3<|im_end|>"),
         "llama2": ("<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\n1 + 2 = [/INST]", "3</s>"),
         "mistral": ("<s>[INST] 1 + 2 = [/INST]", "3</s>"),
         "gemma": ("<s><start_of_turn>user\n1 + 2 =<end_of_turn>\n<start_of_turn>model\n", "3</s>"),

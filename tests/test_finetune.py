@@ -136,6 +136,7 @@ def test_padding_and_parallel_layouts_give_the_same_loss(tmp_path):
     assert tp2["loss"] == pytest.approx(fixed["loss"], rel=1e-5)
     assert pp2["loss"] == pytest.approx(fixed["loss"], rel=1e-5)
     assert tp2["grad_norm"] == pytest.approx(fixed["grad_norm"], rel=1e-5)
+    assert pp2["grad_norm"] == pytest.approx(fixed["grad_norm"], rel=1e-5)
 
 
 def _datasets(argv):

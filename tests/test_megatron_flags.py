@@ -13,8 +13,8 @@ import torch
 from conftest import TINY_LLAMA, run_in_one_job
 from modellink.argument_errors import ArgumentError
 from modellink.arguments import parse_args
-from modellink.checkpoint.errors import ConversionError
 from modellink.checkpoint.megatron_reader import MegatronSource
+from modellink.models.families import FamilyConfigError, check_args, get_family
 from modellink.training.components import build_scheduler
 from modellink.training.loop import ManualGC
 
@@ -102,9 +102,9 @@ def test_qk_layernorm_adds_query_and_key_norms_that_change_the_loss(runs):
     assert len(norms) == 2 * 4 and set(norms.values()) == {torch.Size([16])}  # head width 16
     plain = float(LINE.search(by_iterations[0]).group(4))
     assert float(LINE.search(qk_lines[0]).group(4)) != pytest.approx(plain, rel=1e-4)
-    # Conversion would drop the norms: it refuses the checkpoint instead.
-    with pytest.raises(ConversionError, match="--qk-layernorm"):
-        MegatronSource(str(qk))
+    # Export as a family without query/key norms would drop them: it refuses instead.
+    with pytest.raises(FamilyConfigError, match="--qk-layernorm, but --model-type-hf llama2"):
+        check_args(get_family("llama2"), MegatronSource(str(qk)).args)
 
 
 @pytest.mark.parametrize("flags, collections", [

@@ -90,8 +90,8 @@ def test_permutation_async_comm_is_named_in_the_log_and_changes_nothing(probe):
     (["--moe-expert-capacity-factor", "1", "--moe-router-load-balancing-type", "sinkhorn"],
      "does not work with"),
     (["--shared-expert-gate"], "needs --moe-shared-expert-intermediate-size"),
-    (["--moe-router-load-balancing-type", "group_limited_greedy"], "is not supported yet"),
-    (["--moe-train-capacity-factor", "1"], "use --moe-expert-capacity-factor|sets the capacity"),
+    (["--moe-router-load-balancing-type", "group_limited_greedy"], "needs --topk-group"),
+    (["--moe-train-capacity-factor", "1"], "legacy SwitchMLP MoE layer, not built here"),
 ])
 def test_bad_moe_flags_give_one_line_error(extra, needle):
     with pytest.raises(ArgumentError, match=needle) as err:

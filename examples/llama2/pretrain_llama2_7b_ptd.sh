@@ -2,6 +2,7 @@
 # LLaMA-2-7B pretraining on one node of 8 devices (TP=8, PP=1), ModelLink's settings.
 # Every variable below can be overridden from the environment; MODEL_ARGS replaces the model
 # size and EXTRA_ARGS is appended (the test suite runs this script on two CPU ranks that way).
+set -o pipefail  # the run's exit status, not tee's
 export CUDA_DEVICE_MAX_CONNECTIONS=1
 
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
@@ -14,6 +15,7 @@ CKPT_SAVE_DIR=${CKPT_SAVE_DIR:-"./ckpt/llama-2-7b"}
 CKPT_LOAD_DIR=${CKPT_LOAD_DIR:-"./model_weights/llama-2-7b-mcore"}
 DATA_PATH=${DATA_PATH:-"./dataset/llama-2-7b/alpaca_text_document"}
 TOKENIZER_MODEL=${TOKENIZER_MODEL:-"./model_from_hf/llama-2-7b-hf/tokenizer.model"}
+LOG_DIR=${LOG_DIR:-"./logs"}
 TP=${TP:-8}
 PP=${PP:-1}
 DISTRIBUTED_BACKEND=${DISTRIBUTED_BACKEND:-nccl}
@@ -91,6 +93,7 @@ OUTPUT_ARGS="
 "
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+mkdir -p "$LOG_DIR"
 torchrun $DISTRIBUTED_ARGS "$SCRIPT_DIR/../../pretrain_gpt.py" \
     $GPT_ARGS \
     $DATA_ARGS \
@@ -98,4 +101,5 @@ torchrun $DISTRIBUTED_ARGS "$SCRIPT_DIR/../../pretrain_gpt.py" \
     --distributed-backend ${DISTRIBUTED_BACKEND} \
     --load $CKPT_LOAD_DIR \
     --save $CKPT_SAVE_DIR \
-    ${EXTRA_ARGS:-}
+    ${EXTRA_ARGS:-} \
+    | tee "$LOG_DIR/train_llama2_7b.log"

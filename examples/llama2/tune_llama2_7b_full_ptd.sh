@@ -5,6 +5,7 @@
 # (DATA_PATH is the --output-prefix given there, without the _packed_..._document suffix).
 # Every variable below can be overridden from the environment; MODEL_ARGS replaces the model
 # size and EXTRA_ARGS is appended (the test suite runs this script on two CPU ranks that way).
+set -o pipefail  # the run's exit status, not tee's
 export CUDA_DEVICE_MAX_CONNECTIONS=1
 
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
@@ -18,6 +19,8 @@ CKPT_LOAD_DIR=${CKPT_LOAD_DIR:-"./model_weights/llama-2-7b-mcore"}
 DATA_PATH=${DATA_PATH:-"./finetune_dataset/llama-2-7b/alpaca"}
 TOKENIZER_PATH=${TOKENIZER_PATH:-"./model_from_hf/llama-2-7b-hf/"}
 PROMPT_TYPE=${PROMPT_TYPE:-llama2}
+LOG_DIR=${LOG_DIR:-"./logs"}
+LOG_NAME=${LOG_NAME:-tune_llama2_7b}
 TP=${TP:-8}
 PP=${PP:-1}
 DISTRIBUTED_BACKEND=${DISTRIBUTED_BACKEND:-nccl}
@@ -103,6 +106,7 @@ OUTPUT_ARGS="
 "
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+mkdir -p "$LOG_DIR"
 torchrun $DISTRIBUTED_ARGS "$SCRIPT_DIR/../../pretrain_gpt.py" \
     $GPT_ARGS \
     $DATA_ARGS \
@@ -111,4 +115,5 @@ torchrun $DISTRIBUTED_ARGS "$SCRIPT_DIR/../../pretrain_gpt.py" \
     --distributed-backend ${DISTRIBUTED_BACKEND} \
     --load $CKPT_LOAD_DIR \
     --save $CKPT_SAVE_DIR \
-    ${EXTRA_ARGS:-}
+    ${EXTRA_ARGS:-} \
+    | tee "$LOG_DIR/$LOG_NAME.log"

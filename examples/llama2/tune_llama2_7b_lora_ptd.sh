@@ -10,6 +10,7 @@
 # The run is the full fine-tuning script's (same variables, MODEL_ARGS and EXTRA_ARGS; see
 # tune_llama2_7b_full_ptd.sh) with the LoRA flags added, so the two cannot drift apart.
 export CKPT_SAVE_DIR=${CKPT_SAVE_DIR:-"./ckpt/llama-2-7b-lora"}
+export LOG_NAME=${LOG_NAME:-tune_llama2_7b_lora}
 LORA_LOAD_DIR=${LORA_LOAD_DIR:-}
 LORA_R=${LORA_R:-16}
 LORA_ALPHA=${LORA_ALPHA:-32}

@@ -123,12 +123,12 @@ def _to_megatron(options: ConvertOptions, source: Source) -> None:
 def _to_huggingface(options: ConvertOptions, source: MegatronSource, out_dir: str,
                     template: Optional[str]) -> None:
     """`template`: the Hugging Face model folder given as --save-dir, if it is one."""
-    settings = variant_for_args(get_family(options.family), source.args)
     shape, base = source.shape, getattr(source.args, "hf_config", None)
     if template is not None:
         base = folder_config(template, get_family(options.family))
         shape = replace(shape, vocab_size=vocab_for_folder(
             base, source.recorded_vocab_size(), source.args.padded_vocab_size, template))
+    settings = variant_for_args(get_family(options.family), source.args, base)
     config = hf_config_from_args(settings, source.args, shape.vocab_size, base=base)
     dtype = DTYPES[options.params_dtype] if options.params_dtype else None
     copied: List[str] = []

@@ -74,6 +74,9 @@ _ATTENTION = (
 )
 _QKV_BIAS = (FusedQKV("self_attention.linear_qkv.bias", "self_attn.q_proj.bias",
                       "self_attn.k_proj.bias", "self_attn.v_proj.bias"),)
+# Qwen3: RMSNorm over each head's queries and keys (one weight of head_dim, every head).
+_QK_NORM = (Copy("self_attention.q_layernorm.weight", "self_attn.q_norm.weight"),
+            Copy("self_attention.k_layernorm.weight", "self_attn.k_norm.weight"))
 _SWIGLU_MLP = (
     Concat("mlp.linear_fc1.weight", ("mlp.gate_proj.weight", "mlp.up_proj.weight")),
     Copy("mlp.linear_fc2.weight", "mlp.down_proj.weight"),
@@ -121,6 +124,7 @@ MAPPINGS: Dict[str, WeightMapping] = {
     "gemma2": _GEMMA2,
     "bloom": _BLOOM,
     "qwen": WeightMapping(layer=_ATTENTION + _QKV_BIAS + _SWIGLU_MLP),
+    "qwen3": WeightMapping(layer=_ATTENTION + _QK_NORM + _SWIGLU_MLP),
     "mixtral": WeightMapping(
         layer=_ATTENTION + (Copy("mlp.router.weight", "block_sparse_moe.gate.weight"),),
         expert=(

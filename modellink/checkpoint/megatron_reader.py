@@ -41,9 +41,6 @@ class MegatronSource:
                                      else f"iter_{self.iteration:07d}")
         first = self._path_guess()
         self.args: argparse.Namespace = _load(first)["args"]
-        if getattr(self.args, "qk_layernorm", False):
-            raise ConversionError(f"{first}: the model was trained with --qk-layernorm; its "
-                                  f"query/key norm weights are not converted yet")
         self.layout: ParallelLayout = layout_from_args(self.args)
         missing = [p for p in self._all_paths() if not os.path.isfile(p)]
         if missing:

@@ -65,6 +65,13 @@ TEMPLATE_DEFINITIONS: Tuple[dict, ...] = (
      "observation": ["<|im_start|>tool\n{{content}}<|im_end|>\n<|im_start|>assistant\n"],
      "separator": ["\n"], "default_system": "You are a helpful assistant.",
      "stop_words": ["<|im_end|>"], "replace_eos": True},
+    # Qwen3's chat template: no default system prompt, tool output as a user turn. Responses
+    # are trained as given (with or without their <think> block).
+    {"name": "qwen3", "user": ["<|im_start|>user\n{{content}}<|im_end|>\n<|im_start|>assistant\n"],
+     "system": ["<|im_start|>system\n{{content}}<|im_end|>\n"],
+     "observation": ["<|im_start|>user\n<tool_response>\n{{content}}\n</tool_response><|im_end|>\n"
+                     "<|im_start|>assistant\n"],
+     "separator": ["\n"], "stop_words": ["<|im_end|>"], "replace_eos": True},
     {"name": "mistral", "prefix": [BOS], "user": ["[INST] {{content}} [/INST]"]},
     {"name": "mixtral", "prefix": [BOS], "user": ["[INST] {{content}} [/INST]"]},
     {"name": "gemma", "prefix": [BOS],

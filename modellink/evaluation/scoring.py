@@ -31,7 +31,13 @@ def _batches(items: Sequence, size: int) -> List[Sequence]:
 
 
 def written_label(text: str, labels: Sequence[str]) -> Optional[str]:
-    """The first word of a reply that is one of the labels (case-insensitive)."""
+    """ModelLink's rule first: the last label followed by a full stop on the reply's first line
+    ("A is wrong, so D." is D). Otherwise the first word of the reply that is one of the labels
+    (case-insensitive)."""
+    first_line = text.lstrip().split("\n", 1)[0]
+    stated = re.findall(r"\b(" + "|".join(map(re.escape, labels)) + r")\.", first_line)
+    if stated:
+        return stated[-1]
     lookup = {label.lower(): label for label in labels}
     for word in re.findall(r"[A-Za-z]+", text):
         if word.lower() in lookup:

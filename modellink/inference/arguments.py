@@ -82,6 +82,10 @@ def parse_inference_args(argv: Optional[Sequence[str]] = None,
     if unknown:
         raise ArgumentError(f"unrecognized arguments: {' '.join(unknown)}")
     args.world_size = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", 1))
+    # A decode step adds one position, which cannot be split into 2 x CP chunks.
+    if args.context_parallel_size != 1:
+        raise ArgumentError(f"--context-parallel-size {args.context_parallel_size}: generation "
+                            f"and evaluation run without context parallelism; use 1")
     # Forward-only runs read no training data; --data-path still names perplexity's dataset.
     args.mock_data = args.data_path is None
     validate_args(args)

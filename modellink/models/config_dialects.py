@@ -1,11 +1,12 @@
 """config.json dialects: families whose config.json spells settings its own way.
 
-For the trust_remote_code families (Baichuan2, InternLM2, ChatGLM3) transformers has no config
-class either (ChatGLM: `num_layers`, `ffn_hidden_size`, `multi_query_group_num`, ...). The converter
+For the trust_remote_code families (Baichuan2, Aquila, InternLM2, ChatGLM3) transformers has
+no config class either (ChatGLM: `num_layers`, `ffn_hidden_size`, `multi_query_group_num`, ...);
+Aquila's config.json has LLaMA's keys and only its own template and classes. The converter
 reads every family through the llama-style keys of `families.py`; `to_llama_keys` adds those
 keys next to the family's own, and `strip_llama_keys` takes them off again, so a config.json
-read and written back keeps exactly the family's keys. The dialects of Baichuan2, InternLM2
-and ChatGLM3 are at the end.
+read and written back keeps exactly the family's keys. The dialects of Baichuan2, Aquila,
+InternLM2 and ChatGLM3 are at the end.
 """
 from __future__ import annotations
 
@@ -58,6 +59,12 @@ BAICHUAN2 = ConfigDialect(template=_BAICHUAN2_TEMPLATE)
 BAICHUAN2_13B = ConfigDialect(keys={"max_position_embeddings": "model_max_length"}, template={
     key: value for key, value in _BAICHUAN2_TEMPLATE.items()
     if key != "max_position_embeddings"} | {"model_max_length": None})
+# Aquila/Aquila2: LLaMA's keys, with their own remote-code classes.
+AQUILA = ConfigDialect(template={
+    "architectures": ["AquilaForCausalLM"], "model_type": "aquila", "hidden_act": "silu",
+    "auto_map": {"AutoConfig": "configuration_aquila.AquilaConfig",
+                 "AutoModelForCausalLM": "modeling_aquila.AquilaForCausalLM"},
+    **dict.fromkeys(_FILLED + ("num_key_value_heads", "rope_theta"))})
 INTERNLM2 = ConfigDialect(template={
     "architectures": ["InternLM2ForCausalLM"], "model_type": "internlm2", "hidden_act": "silu",
     "bias": False, "rope_scaling": None,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from modellink.models.config_dialects import (
-    BAICHUAN2, BAICHUAN2_13B, CHATGLM3, CHATGLM3_FIXED, INTERNLM2, ConfigDialect,
+    AQUILA, BAICHUAN2, BAICHUAN2_13B, CHATGLM3, CHATGLM3_FIXED, INTERNLM2, ConfigDialect,
     set_llama_value, strip_llama_keys, to_llama_keys)
 from modellink.models.feature_args import SWITCHES, VALUED
 from modellink.user_error import UserError
@@ -32,6 +32,14 @@ class Field:
     # For an optional field that config.json cannot leave unset: the field whose value it
     # takes when the feature is off (Gemma 2: a window over every position).
     off_as: Optional[str] = None
+    # Megatron's value minus HF's (Mistral: HF's window counts the query's own key, ours not).
+    offset: int = 0
+
+    def to_flag(self, hf_value: Any) -> str:
+        return str(self.cast(hf_value) + self.offset)
+
+    def to_hf(self, arg_value: Any) -> Any:
+        return self.cast(arg_value) - self.offset
 
 
 _LLAMA_FIELDS = (
@@ -66,6 +74,10 @@ class FamilySettings:
     # RoPE scaling types that equal plain RoPE up to max_position_embeddings (the longest
     # sequence the converted model is built for).
     rope_types: Tuple[str, ...] = ("default",)
+    # RoPE scaling types carried over as --rope-scaling-type flags (LLaMA 3.1+: llama3).
+    rope_scalings: Tuple[str, ...] = ()
+    # --qk-layernorm: each head's queries and keys normalised before RoPE (Qwen3).
+    qk_layernorm: bool = False
     # --rotary-percent / --rotary-interleaved (ChatGLM: half of each head, adjacent pairs).
     rotary_percent: float = 1.0
     rotary_interleaved: bool = False
@@ -83,9 +95,8 @@ class FamilySettings:
     seq_length: Optional[int] = None
     # The repeating pattern config.json's layer_types must follow (Gemma 2's sliding layers).
     layer_pattern: Optional[Tuple[str, ...]] = None
-    # A second model of the family, told apart by a config.json key it lacks (Baichuan2-13B:
-    # ALiBi, no max_position_embeddings): (that key, its settings). See variant_for_config.
-    variant: Optional[Tuple[str, "FamilySettings"]] = None
+    # A second model of the family with settings of its own (Baichuan2-13B, Aquila).
+    variant: Optional["Variant"] = None
 
     @property
     def gated(self) -> bool:
@@ -93,7 +104,19 @@ class FamilySettings:
         return "--swiglu" in self.fixed_flags or bool({"geglu", "gelu_tanh"} & set(self.features))
 
 
+@dataclass(frozen=True)
+class Variant:
+    """How a family's second model is told apart: by its config.json, and by a Megatron
+    checkpoint's flags with the config.json it came from or is written beside (None: unknown)."""
+    settings: FamilySettings
+    in_config: Callable[[Dict[str, Any]], bool]
+    in_checkpoint: Callable[[argparse.Namespace, Optional[Dict[str, Any]]], bool]
+
+
 _LLAMA_REQUIRED = {"hidden_act": "silu", "attention_bias": False, "mlp_bias": False}
+# Aquila/Aquila2 are LLaMA's layout and tensor names under a trust_remote_code config.json.
+_AQUILA = FamilySettings("llama2", ("aquila",), "AquilaForCausalLM", None,
+                         required={"hidden_act": "silu"}, dialect=AQUILA)
 
 # Baichuan2-13B: the same weights as 7B, ALiBi instead of RoPE, model_max_length for length.
 _BAICHUAN2_13B = FamilySettings(
@@ -138,22 +161,36 @@ _BLOOM_FLAGS = ("--normalization", "LayerNorm", "--position-embedding-type", "al
                 "--attention-dropout", "0", "--hidden-dropout", "0")
 _BLOOM_ARGS = {"normalization": "LayerNorm", "swiglu": False, "position_embedding_type": "alibi",
                "add_bias_linear": True}
+# HF's window of W keys ends at the query's own; --sliding-window W counts the keys before it.
+_MISTRAL_FIELDS = (Field("sliding_window", "sliding_window", "--sliding-window", offset=-1),)
+
+
+def _is_aquila(config: Optional[Dict[str, Any]]) -> bool:
+    return (config or {}).get("model_type") in _AQUILA.model_types
 
 FAMILIES: Dict[str, FamilySettings] = {
     settings.name: settings for settings in (
-        # LLaMA 1/2/3, CodeLlama, Yi and Aquila all ship LlamaForCausalLM checkpoints.
+        # LLaMA 1/2/3.x, CodeLlama and Yi ship LlamaForCausalLM checkpoints; Aquila its own.
         FamilySettings("llama2", ("llama",), "LlamaForCausalLM", "LlamaConfig",
-                       required=_LLAMA_REQUIRED),
+                       required=_LLAMA_REQUIRED, rope_scalings=("llama3",),
+                       variant=Variant(_AQUILA, _is_aquila, lambda args, base: _is_aquila(base))),
         FamilySettings("mistral", ("mistral",), "MistralForCausalLM", "MistralConfig",
-                       required={"hidden_act": "silu"}),
+                       required={"hidden_act": "silu"}, optional_fields=_MISTRAL_FIELDS,
+                       defaults={"sliding_window": 4096}),
+        # Qwen 1.5, 2 and 2.5.
         FamilySettings("qwen", ("qwen2",), "Qwen2ForCausalLM", "Qwen2Config", qkv_bias=True,
                        required={"hidden_act": "silu", "use_sliding_window": False}),
+        FamilySettings("qwen3", ("qwen3",), "Qwen3ForCausalLM", "Qwen3Config",
+                       qk_layernorm=True, required={"hidden_act": "silu", "attention_bias": False,
+                                                    "use_sliding_window": False}),
         FamilySettings("mixtral", ("mixtral",), "MixtralForCausalLM", "MixtralConfig", moe=True,
                        required={"hidden_act": "silu"}),
         # Baichuan2-7B; the 13B model's config.json has no max_position_embeddings.
         FamilySettings("baichuan2", ("baichuan",), "BaichuanForCausalLM", None,
                        required={"hidden_act": "silu"}, dialect=BAICHUAN2,
-                       variant=("max_position_embeddings", _BAICHUAN2_13B)),
+                       variant=Variant(_BAICHUAN2_13B,
+                                       lambda config: "max_position_embeddings" not in config,
+                                       lambda args, _: args.position_embedding_type == "alibi")),
         # Dynamic NTK scaling only changes RoPE beyond max_position_embeddings.
         FamilySettings("internlm2", ("internlm2",), "InternLM2ForCausalLM", None,
                        required={"hidden_act": "silu", "bias": False},
@@ -195,29 +232,63 @@ def get_family(name: str) -> FamilySettings:
 
 def variant_for_config(settings: FamilySettings, config: Dict[str, Any]) -> FamilySettings:
     """The family's settings for the model this config.json describes."""
-    if settings.variant is None or settings.variant[0] in config:
-        return settings
-    return settings.variant[1]
+    variant = settings.variant
+    return variant.settings if variant is not None and variant.in_config(config) else settings
 
 
-def variant_for_args(settings: FamilySettings, args: argparse.Namespace) -> FamilySettings:
-    """The family's settings for the model a Megatron checkpoint's flags describe."""
-    if settings.variant is None:
-        return settings
-    other = settings.variant[1]
-    embedding = other.checked_args["position_embedding_type"]
-    return other if getattr(args, "position_embedding_type", None) == embedding else settings
+def variant_for_args(settings: FamilySettings, args: argparse.Namespace,
+                     base: Optional[Dict[str, Any]] = None) -> FamilySettings:
+    """The family's settings for the model a Megatron checkpoint's flags describe; `base` is
+    the config.json it came from or is written beside, if known."""
+    variant = settings.variant
+    return (variant.settings if variant is not None and variant.in_checkpoint(args, base)
+            else settings)
+
+
+def rope_settings(config: Dict[str, Any]) -> Dict[str, Any]:
+    """The RoPE settings with `rope_type` always set: transformers 5 keeps them in
+    `rope_parameters`, older configs in `rope_theta` and `rope_scaling` (`type` before 4.45)."""
+    scaling = dict(config.get("rope_scaling") or {})
+    scaling.setdefault("rope_type", scaling.pop("type", "default"))
+    params = {**scaling, **(config.get("rope_parameters") or {})}
+    params.setdefault("rope_theta", config.get("rope_theta", 10000.0))
+    return params
 
 
 def rope_theta(config: Dict[str, Any], allowed: Tuple[str, ...] = ("default",)) -> float:
-    """transformers 5 keeps rope settings in `rope_parameters`; older configs at top level."""
-    params = config.get("rope_parameters") or {}
-    scaling = config.get("rope_scaling") or {}
-    rope_type = params.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
+    rope_type = rope_settings(config)["rope_type"]
     if rope_type not in allowed:
-        raise FamilyConfigError(f"config.json uses rope type {rope_type!r}; only plain RoPE "
-                                f"(no scaling) is supported")
-    return float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
+        raise FamilyConfigError(f"config.json uses rope type {rope_type!r}; this family "
+                                f"supports {', '.join(allowed)}")
+    return float(rope_settings(config)["rope_theta"])
+
+
+# --rope-scaling-type llama3's flags <-> rope_parameters' keys.
+_LLAMA3_SCALING = (("--rope-scaling-factor", "rope_scaling_factor", "factor", float),
+                   ("--low-freq-factor", "low_freq_factor", "low_freq_factor", float),
+                   ("--high-freq-factor", "high_freq_factor", "high_freq_factor", float),
+                   ("--original-max-position-embeddings", "original_max_position_embeddings",
+                    "original_max_position_embeddings", int))
+
+
+def _rope_scaling_flags(config: Dict[str, Any]) -> List[str]:
+    params = rope_settings(config)
+    if params["rope_type"] != "llama3":
+        return []
+    flags = ["--rope-scaling-type", "llama3"]
+    for flag, _, key, cast in _LLAMA3_SCALING:
+        if key not in params:
+            raise FamilyConfigError(f"config.json rope_scaling (llama3) has no {key}")
+        flags += [flag, str(cast(params[key]))]
+    return flags
+
+
+def _rope_parameters(args: argparse.Namespace) -> Dict[str, Any]:
+    params = {"rope_type": args.rope_scaling_type or "default",
+              "rope_theta": float(args.rotary_base)}
+    if args.rope_scaling_type == "llama3":
+        params.update({key: cast(getattr(args, attr)) for _, attr, key, cast in _LLAMA3_SCALING})
+    return params
 
 
 def check_config(settings: FamilySettings, config: Dict[str, Any]) -> None:
@@ -241,7 +312,7 @@ def check_config(settings: FamilySettings, config: Dict[str, Any]) -> None:
     for key, why in settings.required_keys.items():
         if key not in config:
             raise FamilyConfigError(f"config.json has no {key}: {why}")
-    rope_theta(config, settings.rope_types)
+    rope_theta(config, settings.rope_types + settings.rope_scalings)
 
 
 def canonical_config(settings: FamilySettings, config: Dict[str, Any]) -> Dict[str, Any]:
@@ -274,14 +345,18 @@ def training_flags(settings: FamilySettings, config: Dict[str, Any]) -> List[str
     config = canonical_config(settings, config)
     flags = list(settings.fixed_flags) + ["--" + f.replace("_", "-") for f in settings.features]
     for f in settings.fields:
-        flags += [f.flag, str(f.cast(config[f.hf]))]
+        flags += [f.flag, f.to_flag(config[f.hf])]
     for f in settings.optional_fields:
         if config.get(f.hf) is not None:
-            flags += [f.flag, str(f.cast(config[f.hf]))]
+            flags += [f.flag, f.to_flag(config[f.hf])]
     flags += ["--seq-length", str(config.get("max_position_embeddings", settings.seq_length)),
               "--kv-channels", str(head_dim(config))]
     if _rope(settings):
-        flags += ["--rotary-base", str(int(rope_theta(config, settings.rope_types)))]
+        flags += ["--rotary-base",
+                  str(int(rope_theta(config, settings.rope_types + settings.rope_scalings)))]
+        flags += _rope_scaling_flags(config)
+    if settings.qk_layernorm:
+        flags.append("--qk-layernorm")
     if settings.rotary_percent != 1.0:
         flags += ["--rotary-percent", str(settings.rotary_percent)]
     if settings.rotary_interleaved:
@@ -307,24 +382,28 @@ def hf_config_from_args(settings: FamilySettings, args: argparse.Namespace, voca
     check_args(settings, args)
     config = dict(base or {})
     for f in settings.fields:
-        config[f.hf] = f.cast(getattr(args, f.arg))
+        config[f.hf] = f.to_hf(getattr(args, f.arg))
     for f in settings.optional_fields:
         value = getattr(args, f.arg, None)
         if value is None:
             config[f.hf] = config[f.off_as] if f.off_as else None
         else:
-            config[f.hf] = f.cast(value)
+            config[f.hf] = f.to_hf(value)
     if settings.layer_pattern:
         config["layer_types"] = _layer_types(settings, args.num_layers)
     heads = args.num_attention_heads
+    dim = args.kv_channels or args.hidden_size // heads
+    # Written where the config.json had it or the classes' default (hidden / heads) is wrong,
+    # so that a config.json comes back as it was.
+    if config.get("head_dim") is not None or dim != args.hidden_size // heads:
+        config["head_dim"] = dim
     config.update(
         model_type=settings.model_types[0],
         architectures=[settings.architecture],
         vocab_size=vocab_size,
         num_key_value_heads=args.num_query_groups if args.group_query_attention else heads,
-        head_dim=args.kv_channels or args.hidden_size // heads,
         tie_word_embeddings=not args.untie_embeddings_and_output_weights,
-        rope_parameters={"rope_type": "default", "rope_theta": float(args.rotary_base)},
+        rope_parameters=_rope_parameters(args),
         # The values the family requires (the first where several are accepted).
         **{attr: allowed[0] if isinstance(allowed, tuple) else allowed
            for attr, allowed in settings.required.items()},
@@ -384,6 +463,21 @@ def check_args(settings: FamilySettings, args: argparse.Namespace) -> None:
                                 f"{'with' if not settings.rotary_interleaved else 'without'} "
                                 f"--rotary-interleaved, but --model-type-hf {settings.name} "
                                 f"{'needs' if settings.rotary_interleaved else 'cannot hold'} it")
+    if getattr(args, "qk_layernorm", False) != settings.qk_layernorm:
+        raise FamilyConfigError(f"the checkpoint was trained "
+                                f"{'without' if settings.qk_layernorm else 'with'} "
+                                f"--qk-layernorm, but --model-type-hf {settings.name} "
+                                f"{'needs' if settings.qk_layernorm else 'cannot hold'} it")
+    scaling = getattr(args, "rope_scaling_type", None)
+    if scaling is not None and scaling not in settings.rope_scalings:
+        raise FamilyConfigError(f"the checkpoint was trained with --rope-scaling-type {scaling}, "
+                                f"which --model-type-hf {settings.name}'s config.json cannot hold")
+    # --interleave-sliding-window sets sliding_window too; its own field is checked above.
+    window = (getattr(args, "sliding_window", None)
+              if getattr(args, "interleave_sliding_window", None) is None else None)
+    if window is not None and "sliding_window" not in {f.arg for f in settings.optional_fields}:
+        raise FamilyConfigError(f"the checkpoint was trained with --sliding-window {window}, "
+                                f"which --model-type-hf {settings.name}'s config.json cannot hold")
     if settings.moe != (getattr(args, "num_experts", None) is not None):
         raise FamilyConfigError(f"--model-type-hf {settings.name} "
                                 f"{'needs' if settings.moe else 'cannot hold'} an MoE checkpoint "

@@ -1,4 +1,5 @@
-"""Architecture flags beyond Llama's (ModelLink's names): what Gemma, Gemma 2 and Bloom need.
+"""Architecture flags beyond Llama's (ModelLink's names): what Gemma, Gemma 2 and Bloom need,
+and Megatron-LM's residual-stream options (built in modellink/models/residual.py).
 Added to the training parser by modellink.arguments and checked against the rest of the
 command line; each changes the model built in modellink/models (see the help texts)."""
 from __future__ import annotations
@@ -9,7 +10,7 @@ from modellink.argument_errors import require
 
 # Feature flags as args attributes: the on/off ones, and those that take a value (None: off).
 SWITCHES = ("geglu", "gelu_tanh", "openai_gelu", "add_rmsnorm_offset", "input_embeds_norm",
-            "embed_layernorm", "post_norm")
+            "embed_layernorm", "post_norm", "apply_residual_connection_post_layernorm")
 VALUED = ("attn_logit_softcapping", "output_logit_softcapping", "query_pre_attn_scalar",
           "interleave_sliding_window")
 
@@ -30,6 +31,12 @@ def add_model_feature_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--post-norm", action="store_true",
                    help="normalise the attention and MLP outputs too, before each residual add "
                         "(Gemma 2's sandwich norms)")
+    g.add_argument("--apply-residual-connection-post-layernorm", action="store_true",
+                   help="each sub-block adds its output to its layer norm's output, not to the "
+                        "norm's input (Megatron-LM's GPT)")
+    g.add_argument("--fp32-residual-connection", action="store_true",
+                   help="keep the residual stream in fp32 under --fp16/--bf16; the norms "
+                        "return the params dtype")
     g.add_argument("--attn-logit-softcapping", type=float, default=None,
                    help="attention scores s become c * tanh(s / c) (Gemma 2)")
     g.add_argument("--output-logit-softcapping", type=float, default=None,
@@ -47,6 +54,11 @@ def validate_model_features(args: argparse.Namespace) -> None:
             "--swiglu cannot be combined with --geglu, --gelu-tanh or --openai-gelu")
     require(not (args.openai_gelu and (args.geglu or args.gelu_tanh)),
             "--openai-gelu is the ungated GELU; for a gated tanh GELU use --gelu-tanh alone")
+    require(not args.fp32_residual_connection or args.fp16 or args.bf16,
+            "--fp32-residual-connection needs --fp16 or --bf16 (as in Megatron-LM: without "
+            "them the residual stream is fp32 already)")
+    require(not (args.apply_residual_connection_post_layernorm and args.post_norm),
+            "--apply-residual-connection-post-layernorm cannot be combined with --post-norm")
     require(not args.add_rmsnorm_offset or args.normalization == "RMSNorm",
             "--add-rmsnorm-offset needs --normalization RMSNorm")
     require(not (args.embed_layernorm and args.position_embedding_type == "learned_absolute"),

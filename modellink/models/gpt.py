@@ -84,7 +84,10 @@ def transformer_config_from_args(args: argparse.Namespace, device: str) -> Trans
         context_parallel_size=args.context_parallel_size,
         expert_model_parallel_size=args.expert_model_parallel_size,
         params_dtype=dtype,
-        pipeline_dtype=dtype,
+        # Pipeline stages pass the residual stream, fp32 with --fp32-residual-connection.
+        pipeline_dtype=torch.float32 if args.fp32_residual_connection else dtype,
+        fp32_residual_connection=args.fp32_residual_connection,
+        apply_residual_connection_post_layernorm=args.apply_residual_connection_post_layernorm,
         bf16=args.bf16,
         fp16=args.fp16,
         use_cpu_initialization=args.use_cpu_initialization or device == "cpu",

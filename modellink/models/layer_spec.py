@@ -23,10 +23,13 @@ from megatron.core.transformer.mlp import MLP, MLPSubmodules
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_layer import TransformerLayerSubmodules
 
+from modellink.context_parallel_args import context_parallel_settings
 from modellink.models.decoding_layer import DecodingTransformerLayer
 from modellink.models.moe import expert_path, use_grouped_gemm
+from modellink.models.residual import PostLayerNormResidualLayer, fp32_residual_bias_dropout_add
 from modellink.models.sandwich_layer import SandwichLayerSubmodules, SandwichNormLayer
 from modellink.ops.activations import mlp_activation
+from modellink.ops.context_parallel import ContextParallelAttention, ContextParallelSettings
 from modellink.ops.attention import (
     PATH_NAMES,
     AttentionSettings,
@@ -119,9 +122,16 @@ def _mlp_spec(args: argparse.Namespace, ops: OperatorChoices) -> ModuleSpec:
                               "recompute_activation": args.recompute_activation_function})
 
 
-def _self_attention_spec(ops: OperatorChoices, qk_norm: ModuleSpec) -> ModuleSpec:
-    core_attention = (DotProductAttention if ops.attention is None
-                      else partial(FlashSelfAttention, settings=ops.attention))
+def _self_attention_spec(ops: OperatorChoices, qk_norm: ModuleSpec,
+                         cp: Optional[ContextParallelSettings]) -> ModuleSpec:
+    if cp is not None:
+        # megatron-core's DotProductAttention refuses CP > 1: our operators always serve it.
+        core_attention = partial(ContextParallelAttention,
+                                 settings=ops.attention or AttentionSettings(), cp=cp)
+    elif ops.attention is None:
+        core_attention = DotProductAttention
+    else:
+        core_attention = partial(FlashSelfAttention, settings=ops.attention)
     params = {"attn_mask_type": AttnMaskType.causal}
     module = SelfAttention
     if ops.rotary is not None:
@@ -143,19 +153,22 @@ def decoder_layer_spec(args: argparse.Namespace) -> ModuleSpec:
     """One decoder layer for `args.device` (the backend initialize() resolved)."""
     ops = operator_choices(args, args.device)
     norm = norm_spec(args)
+    bda = fp32_residual_bias_dropout_add if args.fp32_residual_connection else get_bias_dropout_add
     submodules = dict(
         input_layernorm=norm,
-        self_attention=_self_attention_spec(ops, norm if args.qk_layernorm else IdentityOp),
-        self_attn_bda=get_bias_dropout_add,
+        self_attention=_self_attention_spec(ops, norm if args.qk_layernorm else IdentityOp,
+                                            context_parallel_settings(args)),
+        self_attn_bda=bda,
         pre_mlp_layernorm=norm,
         mlp=_mlp_spec(args, ops),
-        mlp_bda=get_bias_dropout_add,
+        mlp_bda=bda,
     )
     if args.post_norm:
         return ModuleSpec(module=SandwichNormLayer, submodules=SandwichLayerSubmodules(
             **submodules, post_attn_norm=norm, post_mlp_layernorm=norm))
-    return ModuleSpec(module=DecodingTransformerLayer,
-                      submodules=TransformerLayerSubmodules(**submodules))
+    layer = (PostLayerNormResidualLayer if args.apply_residual_connection_post_layernorm
+             else DecodingTransformerLayer)
+    return ModuleSpec(module=layer, submodules=TransformerLayerSubmodules(**submodules))
 
 
 def _swiglu_path(args: argparse.Namespace, ops: OperatorChoices, device: str) -> str:
@@ -167,11 +180,23 @@ def _swiglu_path(args: argparse.Namespace, ops: OperatorChoices, device: str) ->
     return f"MoE experts: megatron-core {'fused bias-swiglu' if fused else 'reference'}"
 
 
+def _cp_path(cp: ContextParallelSettings) -> str:
+    ring = "ring attention" + (" (send/recv overlapped)" if cp.send_recv_overlap else "")
+    if cp.algo == "ulysses_cp_algo":
+        return "Ulysses all-to-all"
+    if cp.algo == "megatron_cp_algo":
+        return ring
+    return f"hybrid, Ulysses groups of {cp.ulysses_degree} + {ring} across them"
+
+
 def operator_paths(args: argparse.Namespace, device: str) -> str:
     """One line naming the implementation each fused-operator flag selected on this device."""
     ops = operator_choices(args, device)
-    if ops.attention is None:
+    cp = context_parallel_settings(args)
+    if ops.attention is None and cp is None:
         attention = "megatron-core math"
+    elif ops.attention is None:
+        attention = PATH_NAMES["reference"]
     else:
         window = window_from_args(args)
         attention = PATH_NAMES[ops.attention.path] + (
@@ -202,6 +227,8 @@ def operator_paths(args: argparse.Namespace, device: str) -> str:
     if args.recompute_activation_function:
         recompute += ", activation function"
     rmsnorm = ops.rmsnorm.name if args.normalization == "RMSNorm" else "n/a"
+    if cp is not None:
+        attention += f", context parallel {args.context_parallel_size}: {_cp_path(cp)}"
     return (f"attention: {attention}, rmsnorm: {rmsnorm}, "
             f"swiglu: {_swiglu_path(args, ops, device)}, rotary: {rotary}, mc2: {mc2}, "
             f"recompute: {recompute}"

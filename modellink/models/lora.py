@@ -22,12 +22,13 @@ them: `<linear>.lora_A.default.weight`, `<linear>.lora_B.default.weight`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import math
 import sys
 import zlib
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -97,6 +98,7 @@ class _Adapted:
     lora_r: int
     lora_alpha: int
     lora_fusion: bool
+    lora_active = True  # adapters_disabled() turns it off: the layer is its base layer
     lora_A: torch.nn.ModuleDict
     lora_B: torch.nn.ModuleDict
 
@@ -142,6 +144,8 @@ class _ColumnAdapted(_Adapted):
     def forward(self, input_: torch.Tensor, weight: Optional[torch.Tensor] = None,
                 runtime_gather_output: Optional[bool] = None
                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if not self.lora_active:
+            return super().forward(input_, weight, runtime_gather_output)
         if self.lora_fusion:
             return self._fused_forward(input_, self.weight if weight is None else weight)
         output, bias = super().forward(input_, weight, runtime_gather_output)
@@ -182,6 +186,8 @@ class _RowAdapted(_Adapted):
         return full[:, rank * width:(rank + 1) * width]
 
     def forward(self, input_: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if not self.lora_active:
+            return super().forward(input_)
         if self.lora_fusion:
             return self._fused_forward(input_, self.weight)
         output, bias = super().forward(input_)
@@ -197,6 +203,19 @@ class _RowAdapted(_Adapted):
     def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (),
                            metadata: Optional[dict] = None) -> Dict[str, Any]:
         return self._sharded(prefix, sharded_offsets, metadata, {"weight": 1, LORA_A: 1})
+
+
+@contextlib.contextmanager
+def adapters_disabled(module: torch.nn.Module) -> Iterator[None]:
+    """The base model inside `module` (DPO's reference with LoRA: no second copy in memory)."""
+    layers = [layer for layer in module.modules() if isinstance(layer, _Adapted)]
+    for layer in layers:
+        layer.lora_active = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.lora_active = True
 
 
 @functools.lru_cache(maxsize=None)

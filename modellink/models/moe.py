@@ -37,14 +37,16 @@ def add_moe_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--shared-expert-gate", action="store_true",
                    help="sigmoid gate on the shared experts' output (Qwen2-MoE)")
     g.add_argument("--moe-permutation-async-comm", action="store_true")
+    g.add_argument("--topk-group", type=int, default=None,
+                   help="group_limited_greedy: expert groups (one per expert-parallel rank) "
+                        "each token picks its experts from")
+    g.add_argument("--routed-scaling-factor", type=float, default=None,
+                   help="group_limited_greedy: scale of the chosen experts' weights")
 
 
 def validate_moe_args(args: argparse.Namespace) -> None:
     """One-line errors for MoE flags that megatron-core would refuse late or misread."""
-    # megatron-core scores an expert group by its top experts' sum, DeepSeek-V2's by its best one.
-    require(args.moe_router_load_balancing_type != "group_limited_greedy",
-            "--moe-router-load-balancing-type group_limited_greedy (ModelLink: DeepSeek-V2 "
-            "device-limited routing with --topk-group) is not supported yet")
+    _validate_group_limited(args)
     capacity = args.moe_expert_capacity_factor
     require(args.num_experts is not None or (
         capacity is None and not args.moe_pad_expert_input_to_capacity
@@ -63,6 +65,31 @@ def validate_moe_args(args: argparse.Namespace) -> None:
             f"--moe-shared-expert-intermediate-size {shared} must be > 0")
     require(not args.shared_expert_gate or shared is not None,
             "--shared-expert-gate needs --moe-shared-expert-intermediate-size")
+
+
+def _validate_group_limited(args: argparse.Namespace) -> None:
+    if args.moe_router_load_balancing_type != "group_limited_greedy":
+        require(args.topk_group is None and args.routed_scaling_factor is None,
+                "--topk-group and --routed-scaling-factor need "
+                "--moe-router-load-balancing-type group_limited_greedy")
+        return
+    flag = "--moe-router-load-balancing-type group_limited_greedy"
+    require(args.num_experts is not None, f"{flag} needs --num-experts")
+    require(args.topk_group is not None, f"{flag} needs --topk-group")
+    # ModelLink multiplies the chosen experts' weights by it and has no default for it.
+    require(args.routed_scaling_factor is not None, f"{flag} needs --routed-scaling-factor")
+    groups, picked, topk = args.expert_model_parallel_size, args.topk_group, args.moe_router_topk
+    require(1 <= picked <= groups, f"--topk-group {picked} must be between 1 and "
+            f"--expert-model-parallel-size {groups} (the expert groups are its ranks)")
+    # megatron-core scores a group by the sum of its best topk // topk_group experts, ModelLink
+    # by its best expert alone: the two pick the same groups only when that quotient is 1.
+    require(picked <= topk < 2 * picked,
+            f"--moe-router-topk {topk} with --topk-group {picked}: group_limited_greedy here "
+            f"needs topk-group <= moe-router-topk < 2 x topk-group")
+    require(topk <= picked * args.num_experts // groups,
+            f"--moe-router-topk {topk} exceeds the {picked * args.num_experts // groups} experts "
+            f"of --topk-group {picked} groups")
+
 
 def use_grouped_gemm(args: argparse.Namespace) -> bool:
     """Whether the experts run as megatron-core's GroupedMLP (`--moe-grouped-gemm` and the
@@ -83,15 +110,23 @@ def moe_config_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
     """TransformerConfig fields of the MoE flags (empty for a dense model)."""
     if args.num_experts is None:
         return {}
+    balancing = args.moe_router_load_balancing_type
     # ModelLink's softmax_topk: top-k of the softmax over all experts, no balancing loss.
-    softmax_topk = args.moe_router_load_balancing_type == "softmax_topk"
+    softmax_topk = balancing == "softmax_topk"
+    # ModelLink's group_limited_greedy: the top --topk-group expert-parallel groups by their best
+    # softmax score, the top-k experts among them, weights = scores x --routed-scaling-factor;
+    # its balancing loss is aux_loss (when --moe-aux-loss-coeff > 0).
+    group_limited = balancing == "group_limited_greedy"
     return dict(
         num_moe_experts=args.num_experts,
         moe_ffn_hidden_size=args.moe_ffn_hidden_size,
         moe_router_topk=args.moe_router_topk,
-        moe_router_load_balancing_type="none" if softmax_topk else
-        args.moe_router_load_balancing_type,
-        moe_router_pre_softmax=softmax_topk,
+        moe_router_load_balancing_type=("none" if softmax_topk else
+                                        "aux_loss" if group_limited else balancing),
+        moe_router_pre_softmax=softmax_topk or group_limited,
+        moe_router_num_groups=args.expert_model_parallel_size if group_limited else None,
+        moe_router_group_topk=args.topk_group,
+        moe_router_topk_scaling_factor=args.routed_scaling_factor,
         moe_aux_loss_coeff=args.moe_aux_loss_coeff,
         moe_z_loss_coeff=args.moe_z_loss_coeff,
         moe_token_dispatcher_type=args.moe_token_dispatcher_type,

@@ -11,7 +11,7 @@ autograd node that keeps only the input and the per-row 1/rms for backward.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -93,6 +93,12 @@ def select_rms_norm(device: str, fused: bool) -> RMSNormImpl:
     return _FUSED[device] if fused else REFERENCE
 
 
+def _output_dtype(config: TransformerConfig) -> Optional[torch.dtype]:
+    """With `--fp32-residual-connection` the norms take the fp32 residual stream, compute in
+    fp32 and return the params dtype the layers after them expect (None: the input's dtype)."""
+    return config.params_dtype if config.fp32_residual_connection else None
+
+
 class RMSNorm(torch.nn.Module):
     """With `config.layernorm_zero_centered_gamma` (`--add-rmsnorm-offset`, Gemma) the weight
     is stored centred on zero and the norm scales by (1 + weight)."""
@@ -106,12 +112,18 @@ class RMSNorm(torch.nn.Module):
         self.weight = torch.nn.Parameter(init(hidden_size, dtype=config.params_dtype))
         setattr(self.weight, "sequence_parallel", config.sequence_parallel)
         self._fn = impl.fn
+        self._output_dtype = _output_dtype(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._output_dtype is not None:
+            return self._fn(x, self._weight().to(x.dtype), self.eps).to(self._output_dtype)
         if self.zero_centered:
-            # 1 + weight in fp32 as Gemma computes it: in bf16 a small weight would round away.
-            return self._fn(x, self.weight.float() + 1, self.eps).to(x.dtype)
+            return self._fn(x, self._weight(), self.eps).to(x.dtype)
         return self._fn(x, self.weight, self.eps)
+
+    def _weight(self) -> torch.Tensor:
+        # 1 + weight in fp32 as Gemma computes it: in bf16 a small weight would round away.
+        return self.weight.float() + 1 if self.zero_centered else self.weight
 
 
 class LayerNorm(torch.nn.Module):
@@ -122,6 +134,10 @@ class LayerNorm(torch.nn.Module):
         self.bias = torch.nn.Parameter(torch.zeros(hidden_size, dtype=config.params_dtype))
         for param in (self.weight, self.bias):
             setattr(param, "sequence_parallel", config.sequence_parallel)
+        self._output_dtype = _output_dtype(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._output_dtype is not None:
+            return F.layer_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.bias.to(x.dtype),
+                                self.eps).to(self._output_dtype)
         return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)

@@ -16,6 +16,7 @@ from megatron.core.num_microbatches_calculator import (
 )
 
 from modellink import backend as backends
+from modellink.context_parallel_args import hierarchical_sizes
 from modellink.patches import apply_patches
 from modellink.training.determinism import enable_deterministic_computation
 from modellink.training.ha.replica import optimizer_instances
@@ -64,12 +65,13 @@ def initialize(args: argparse.Namespace) -> backends.Backend:
         pipeline_model_parallel_size=args.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=args.virtual_pipeline_model_parallel_size,
         context_parallel_size=args.context_parallel_size,
+        hierarchical_context_parallel_sizes=hierarchical_sizes(args),
         expert_model_parallel_size=args.expert_model_parallel_size,
         num_distributed_optimizer_instances=optimizer_instances(args),
     )
     init_num_microbatches_calculator(
-        torch.distributed.get_rank(), None, args.global_batch_size, args.micro_batch_size,
-        args.data_parallel_size,
+        torch.distributed.get_rank(), args.rampup_batch_size, args.global_batch_size,
+        args.micro_batch_size, args.data_parallel_size,
     )
     set_seed(args.seed)
     return backend

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Any, List, Optional, Sequence
 
@@ -12,13 +13,17 @@ from modellink.data.tokenizers import build_tokenizer
 from modellink.models.gpt import transformer_config_from_args
 from modellink.models.layer_spec import operator_paths
 from modellink.models.lora import lora_enabled
+from modellink.plan.memory import estimate
+from modellink.plan.report import render as render_plan
 from modellink.training.checkpoint.checkpointing import load_checkpoint
 from modellink.training.components import build_model, build_optimizer, build_scheduler
-from modellink.training.data.datasets import build_datasets, build_iterator, check_data_files
+from modellink.training.data.datasets import (build_iterator, build_split_datasets,
+                                               check_data_files)
 from modellink.training.initialize import initialize, shutdown
-from modellink.training.loop import (TrainState, configure_model_hooks, evaluate_only, save,
-                                     train)
+from modellink.training.loop import (TrainState, configure_model_hooks, evaluate_only,
+                                     evaluate_test, save, train)
 from modellink.training.ha.replica import log_memory_account
+from modellink.training.posttrain.stage import stage_forward_step
 
 
 def padded_vocab_size(vocab_size: int, args: argparse.Namespace) -> int:
@@ -50,6 +55,14 @@ def _iterators(dataset: Any, args: argparse.Namespace, consumed: int, chunks: in
     return None if iterators[0] is None else iterators
 
 
+def _rampup_note(args: argparse.Namespace) -> str:
+    if args.rampup_batch_size is None:
+        return ""
+    start, increment, samples = args.rampup_batch_size
+    return (f" once the global batch size has ramped up from {start} by {increment} over "
+            f"{samples} samples to {args.global_batch_size} ({args.train_iters} iterations)")
+
+
 def _log_setup(args: argparse.Namespace, model: List[torch.nn.Module]) -> None:
     params = [p for chunk in model for p in chunk.parameters()]
     # On the device: NCCL and HCCL serve the default group and refuse host tensors.
@@ -59,12 +72,13 @@ def _log_setup(args: argparse.Namespace, model: List[torch.nn.Module]) -> None:
     torch.distributed.all_reduce(local)  # replicas count once per data-parallel copy
     if torch.distributed.get_rank() != 0:
         return
-    total, trainable = (int(n) // args.data_parallel_size for n in local.tolist())
+    replicas = args.data_parallel_size * args.context_parallel_size  # CP ranks hold copies too
+    total, trainable = (int(n) // replicas for n in local.tolist())
     print(f"modellink: device {args.device}, world {args.world_size} = "
           f"TP {args.tensor_model_parallel_size} x PP {args.pipeline_model_parallel_size} x "
-          f"DP {args.data_parallel_size} (EP {args.expert_model_parallel_size}, "
+          f"CP {args.context_parallel_size} x DP {args.data_parallel_size} (EP {args.expert_model_parallel_size}, "
           f"VPP {args.virtual_pipeline_model_parallel_size or 1}), "
-          f"micro-batches per step {args.num_microbatches}", flush=True)
+          f"micro-batches per step {args.num_microbatches}{_rampup_note(args)}", flush=True)
     print(f"modellink: operators: {operator_paths(args, args.device)}", flush=True)
     for note in args.compatibility_notes:
         print(f"modellink: {note}", flush=True)
@@ -88,6 +102,10 @@ def pretrain(argv: Optional[Sequence[str]] = None) -> TrainState:
     check_data_files(args)
     tokenizer = _training_tokenizer(args)
     args.padded_vocab_size = padded_vocab_size(tokenizer.vocab_size, args)
+    if args.plan_only:  # before any process group, model or data: the plan needs none
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(render_plan(args, estimate(args), None), flush=True)
+        return TrainState()
     backend = initialize(args)
     try:
         config = transformer_config_from_args(args, backend.device)
@@ -102,17 +120,21 @@ def pretrain(argv: Optional[Sequence[str]] = None) -> TrainState:
             loaded = load_checkpoint(args, model, optimizer, scheduler)
             state = TrainState(loaded.iteration, loaded.consumed_train_samples,
                                loaded.consumed_valid_samples)
-        train_ds, valid_ds = build_datasets(args, tokenizer)
+        forward = stage_forward_step(args, config, model, state.iteration)
+        train_ds, valid_ds, test_ds = build_split_datasets(args, tokenizer)
         train_iters = _iterators(train_ds, args, state.consumed_train_samples, len(model))
         valid_iters = _iterators(valid_ds, args, state.consumed_valid_samples, len(model))
+        test_iters = _iterators(test_ds, args, 0, len(model))
         start = state.iteration
         if args.skip_train:
-            state = evaluate_only(args, model, valid_iters, state)
+            state = evaluate_only(args, model, valid_iters, state, forward)
         else:
             state = train(args, model, optimizer, scheduler, train_iters, valid_iters, state,
-                          start_time)
+                          start_time, forward)
         if args.save and state.iteration > start and state.last_saved_iteration != state.iteration:
             save(args, model, optimizer, scheduler, state)
+        if test_iters and state.exit_reason is None:
+            evaluate_test(args, model, test_iters, state, forward)
         torch.distributed.barrier()
         return state
     finally:

@@ -20,15 +20,24 @@ from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, Moc
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import get_blend_from_list
 
+from modellink.patches.node_local_caches import first_local_ranks_build
 from modellink.training.data.instruction_batch import InstructionCollator, length_multiple
 from modellink.training.data.instruction_data import (
     InstructionDataset,
     InstructionDatasetConfig,
     check_instruction_prefix,
+    has_packed_rows,
     is_instruction_prefix,
     rows_longer_than,
 )
 from modellink.training.data.sampler import PretrainingSampler
+from modellink.training.posttrain.pairwise_data import (
+    PairwiseCollator,
+    PairwiseDataset,
+    check_pairwise_prefix,
+    is_pairwise_prefix,
+    pair_rows_longer_than,
+)
 from modellink.user_error import UserError
 
 
@@ -120,88 +129,154 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _blend(args: argparse.Namespace, sizes: List[int]
-           ) -> Optional[Tuple[List[str], Optional[List[float]]]]:
-    if args.mock_data:
-        return None
-    if len(args.data_path) % 2 and any(_is_number(entry) for entry in args.data_path):
+Blend = Tuple[List[str], Optional[List[float]]]
+# Megatron-LM's per-split flags, in megatron-core's split order (train, validation, test).
+_SPLIT_DATA_FLAGS = ("--train-data-path", "--valid-data-path", "--test-data-path")
+
+
+def _parse_blend(flag: str, entries: List[str]) -> Blend:
+    if len(entries) % 2 and any(_is_number(entry) for entry in entries):
         # megatron-core would take every entry, weights included, for a prefix.
-        raise DataError(f"--data-path must be PREFIX... or WEIGHT PREFIX pairs, got "
-                        f"{len(args.data_path)} entries: {' '.join(args.data_path)}")
+        raise DataError(f"{flag} must be PREFIX... or WEIGHT PREFIX pairs, got "
+                        f"{len(entries)} entries: {' '.join(entries)}")
     try:
-        prefixes, weights = get_blend_from_list(args.data_path)
+        blend = get_blend_from_list(entries)
     except Exception:
-        raise DataError(f"--data-path must be PREFIX... or WEIGHT PREFIX pairs, "
-                        f"got {' '.join(args.data_path)}") from None
-    for prefix in prefixes:
-        if args.is_instruction_dataset:
-            documents = check_instruction_prefix(prefix)
-        elif not os.path.isfile(prefix + ".bin") and is_instruction_prefix(prefix):
-            raise DataError(f"--data-path {prefix} is an instruction dataset "
-                            f"({prefix}_packed_*_document): add --is-instruction-dataset")
-        else:
-            documents = check_indexed_dataset(prefix)
-        _check_splits(prefix, documents, args.split, sizes)
-    return prefixes, weights
+        raise DataError(f"{flag} must be PREFIX... or WEIGHT PREFIX pairs, "
+                        f"got {' '.join(entries)}") from None
+    weights = blend[1] or []
+    if any(weight <= 0 for weight in weights):
+        # megatron-core's blended dataset would stop on a bare assertion.
+        raise DataError(f"{flag} weights must be positive, got {' '.join(map(str, weights))}")
+    return blend
 
 
-def _instruction_config(args: argparse.Namespace, tokenizer: Any,
-                        blend: Tuple[List[str], Optional[List[float]]]
-                        ) -> InstructionDatasetConfig:
-    truncated = sum(rows_longer_than(prefix, args.seq_length + 1) for prefix in blend[0])
+def _check_prefix(flag: str, prefix: str, args: argparse.Namespace) -> int:
+    """The number of documents (rows) of a checked dataset."""
+    if args.is_pairwise_dataset:
+        return check_pairwise_prefix(prefix)
+    if is_pairwise_prefix(prefix):
+        raise DataError(f"{flag} {prefix} is a pairwise dataset "
+                        f"({prefix}_packed_chosen_*_document): train on it with "
+                        f"--stage dpo --is-pairwise-dataset")
+    if args.is_instruction_dataset:
+        return check_instruction_prefix(prefix)
+    if not os.path.isfile(prefix + ".bin") and is_instruction_prefix(prefix):
+        raise DataError(f"{flag} {prefix} is an instruction dataset "
+                        f"({prefix}_packed_*_document): add --is-instruction-dataset")
+    return check_indexed_dataset(prefix)
+
+
+def _blends(args: argparse.Namespace, sizes: List[int]
+            ) -> Tuple[Optional[Blend], Optional[List[Optional[Blend]]]]:
+    """megatron-core's `blend` (--data-path, divided by --split) or `blend_per_split` (one
+    blend per split flag; None for a split not given or not sampled), every file checked."""
+    if args.mock_data:
+        return None, None
+    if args.data_path is not None:
+        blend = _parse_blend("--data-path", args.data_path)
+        for prefix in blend[0]:
+            _check_splits(prefix, _check_prefix("--data-path", prefix, args), args.split, sizes)
+        return blend, None
+    per_split: List[Optional[Blend]] = []
+    paths = (args.train_data_path, args.valid_data_path, args.test_data_path)
+    for flag, entries, size in zip(_SPLIT_DATA_FLAGS, paths, sizes):
+        blend = None if entries is None else _parse_blend(flag, entries)
+        for prefix in [] if blend is None else blend[0]:
+            _check_prefix(flag, prefix, args)  # an empty dataset is refused here
+        per_split.append(blend if size else None)
+    return None, per_split
+
+
+def _prefixes(blend: Optional[Blend], per_split: Optional[List[Optional[Blend]]]) -> List[str]:
+    blends = [blend] if per_split is None else per_split
+    return [prefix for each in blends if each is not None for prefix in each[0]]
+
+
+def _instruction_config(args: argparse.Namespace, tokenizer: Any, blend: Optional[Blend],
+                        per_split: Optional[List[Optional[Blend]]]) -> InstructionDatasetConfig:
+    longer_than = pair_rows_longer_than if args.is_pairwise_dataset else rows_longer_than
+    truncated = sum(longer_than(prefix, args.seq_length + 1)
+                    for prefix in _prefixes(blend, per_split))
     if truncated and torch.distributed.is_initialized() and torch.distributed.get_rank() == 0:
         print(f"modellink: {truncated} instruction rows hold more than --seq-length + 1 = "
               f"{args.seq_length + 1} tokens and are truncated", flush=True)
     return InstructionDatasetConfig(
-        random_seed=args.seed, sequence_length=args.seq_length, blend=blend, split=args.split,
+        random_seed=args.seed, sequence_length=args.seq_length, blend=blend,
+        blend_per_split=per_split, split=args.split,
         path_to_cache=args.data_cache_path, mmap_bin_files=args.mmap_bin_files,
         tokenizer=_TokenizerForDataset(tokenizer), shuffle=not args.no_shuffle,
         full_shuffle=args.full_shuffle_instruction_dataset)
 
 
 def _split_sizes(args: argparse.Namespace) -> List[int]:
-    """Samples each split must supply for the whole run, as Megatron-LM sizes them (no test
-    split: nothing here evaluates on it)."""
+    """Samples each split must supply for the whole run, as Megatron-LM sizes them. The test
+    split is evaluated once after training, and only from --test-data-path: --split's test
+    share is never sampled here."""
     gbs = args.global_batch_size
     evals = args.train_iters // args.eval_interval + 1 if args.eval_iters > 0 else 0
-    return [args.train_iters * gbs, evals * args.eval_iters * gbs, 0]
+    tests = 1 if args.test_data_path is not None and args.eval_iters > 0 else 0
+    return [args.train_iters * gbs, evals * args.eval_iters * gbs, tests * args.eval_iters * gbs]
 
 
 def check_data_files(args: argparse.Namespace) -> None:
     """The dataset checks of `build_datasets`, run at start-up so a bad file is reported
     before the model is built or a checkpoint loaded."""
-    _blend(args, _split_sizes(args))
+    blend, per_split = _blends(args, _split_sizes(args))
+    if (args.context_parallel_size > 1
+            and args.cp_attention_mask_type == "causal" and args.is_instruction_dataset):
+        for prefix in _prefixes(blend, per_split):
+            if has_packed_rows(prefix):
+                raise DataError(f"--data-path {prefix} holds packed samples, whose attention "
+                                f"mask --cp-attention-mask-type causal would not apply: add "
+                                f"--cp-attention-mask-type general")
 
 
 def build_datasets(args: argparse.Namespace, tokenizer: Any) -> Tuple[Any, Any]:
     """Train and validation datasets sized for the whole run."""
+    return build_split_datasets(args, tokenizer)[:2]
+
+
+def build_split_datasets(args: argparse.Namespace, tokenizer: Any) -> Tuple[Any, Any, Any]:
+    """Train, validation and test datasets sized for the whole run (None for a split nobody
+    samples)."""
     sizes = _split_sizes(args)
-    blend = _blend(args, sizes)
+    blend, per_split = _blends(args, sizes)
     if args.is_instruction_dataset:
-        config, dataset_cls = _instruction_config(args, tokenizer, blend), InstructionDataset
+        config = _instruction_config(args, tokenizer, blend, per_split)
+        dataset_cls = PairwiseDataset if args.is_pairwise_dataset else InstructionDataset
     else:
-        config = _pretraining_config(args, tokenizer, blend)
+        config = _pretraining_config(args, tokenizer, blend, per_split)
         dataset_cls = MockGPTDataset if args.mock_data else IndexKeyedGPTDataset
-    # Splits nobody samples are not built: megatron-core would loop forever on an empty one.
-    config.split_matrix = [None if size == 0 else bounds
-                           for size, bounds in zip(sizes, config.split_matrix)]
-    train, valid, _ = BlendedMegatronDatasetBuilder(
-        dataset_cls, sizes, lambda: True, config
-    ).build()
+    if per_split is None:
+        # Splits nobody samples are not built: megatron-core would loop forever on an empty one.
+        config.split_matrix = [None if size == 0 else bounds
+                               for size, bounds in zip(sizes, config.split_matrix)]
+    builder = BlendedMegatronDatasetBuilder(dataset_cls, sizes, lambda: True, config)
+    try:
+        with first_local_ranks_build(args.no_shared_storage):
+            train, valid, test = builder.build()
+    except FileNotFoundError as exc:
+        if not str(exc.filename).endswith(".npy"):
+            raise
+        # Rank 0 wrote the index caches, then this rank found none: not the same file system.
+        raise DataError(f"dataset index cache {exc.filename} is missing on this rank's node, "
+                        f"though rank 0 built it: nodes that do not share --data-cache-path "
+                        f"need --no-shared-storage") from None
     if train is None or len(train) < sizes[0]:
         raise DataError(f"the train split holds {0 if train is None else len(train)} samples, "
                         f"{sizes[0]} needed; check --split {args.split!r}")
-    return train, valid
+    return train, valid, test
 
 
-def _pretraining_config(args: argparse.Namespace, tokenizer: Any,
-                        blend: Optional[Tuple[List[str], Optional[List[float]]]]
-                        ) -> GPTDatasetConfig:
+def _pretraining_config(args: argparse.Namespace, tokenizer: Any, blend: Optional[Blend],
+                        per_split: Optional[List[Optional[Blend]]]) -> GPTDatasetConfig:
     return _IndexKeyedConfig(
-        index_digests=None if blend is None else {p: _index_digest(p) for p in blend[0]},
+        index_digests={p: _index_digest(p) for p in _prefixes(blend, per_split)} or None,
         random_seed=args.seed,
         sequence_length=args.seq_length,
         blend=blend,
+        blend_per_split=per_split,
         split=args.split,
         path_to_cache=args.data_cache_path,
         mmap_bin_files=args.mmap_bin_files,
@@ -226,10 +301,10 @@ def build_iterator(dataset: Any, args: argparse.Namespace, consumed_samples: int
     )
     collate = None
     if args.is_instruction_dataset:
-        collate = InstructionCollator(
+        collate = (PairwiseCollator if args.is_pairwise_dataset else InstructionCollator)(
             args.seq_length, args.variable_seq_lengths,
             length_multiple(args.tensor_model_parallel_size, args.sequence_parallel,
-                            args.pad_to_multiple_of),
+                            args.pad_to_multiple_of, args.context_parallel_size),
             dataset.config.tokenizer.eod if args.eod_mask_loss else None,
             left=args.tokenizer_padding_side == "left")
     loader = torch.utils.data.DataLoader(

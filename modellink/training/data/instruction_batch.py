@@ -30,10 +30,12 @@ LENGTH_MULTIPLE = 8
 
 
 def length_multiple(tensor_parallel: int, sequence_parallel: bool,
-                    multiple: int = LENGTH_MULTIPLE) -> int:
-    """`multiple` is --pad-to-multiple-of; sequence parallelism splits the sequence across
-    tensor-parallel ranks, so the length must divide among them too."""
-    return math.lcm(multiple, tensor_parallel if sequence_parallel else 1)
+                    multiple: int = LENGTH_MULTIPLE, context_parallel: int = 1) -> int:
+    """`multiple` is --pad-to-multiple-of; context parallelism cuts the sequence into 2 x CP
+    chunks and sequence parallelism splits each rank's share across tensor-parallel ranks, so
+    the length must divide among them too."""
+    shards = 2 * context_parallel if context_parallel > 1 else 1
+    return math.lcm(multiple, shards * (tensor_parallel if sequence_parallel else 1))
 
 
 def _positions(segments: numpy.ndarray) -> numpy.ndarray:

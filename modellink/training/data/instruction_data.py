@@ -61,6 +61,14 @@ def _row_lengths(path_prefix: str) -> numpy.ndarray:
     return numpy.array(index.sequence_lengths)  # a copy: the view dies with the index's mmap
 
 
+def has_packed_rows(prefix: str) -> bool:
+    """Whether a row holds two samples or more (segment ids above 1): one pass over the
+    attention_mask file's bytes, without building the rows."""
+    path = packed_prefix(prefix, "attention_mask")
+    segments = numpy.memmap(path + ".bin", dtype=IndexedDataset(path).index.dtype, mode="r")
+    return segments.size > 0 and int(segments.max()) > 1
+
+
 def rows_longer_than(prefix: str, length: int) -> int:
     return int((_row_lengths(packed_prefix(prefix, "input_ids")) > length).sum())
 

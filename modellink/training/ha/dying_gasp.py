@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Tuple
 
 import torch
+from megatron.core.num_microbatches_calculator import get_current_global_batch_size
 
 from modellink.training.ha import dying_gasp_store as store
 from modellink.training.checkpoint.retention import remove_partial_saves
@@ -155,7 +156,7 @@ class DyingGasp:
         with self._lock:
             held = self._held
             self._held = _Held(self._phase[0],
-                               held.consumed_train_samples + self._args.global_batch_size,
+                               held.consumed_train_samples + get_current_global_batch_size(),
                                held.consumed_valid_samples, rng_state())
             self._phase = (self._phase[0], "updated")
             stopping = self._role is not None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from datetime import datetime
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 from megatron.core import parallel_state
@@ -14,15 +14,16 @@ from megatron.core.transformer.module import param_is_not_shared
 from modellink.ops.activations import gated_mlp
 
 
-def flops_per_iteration(args: argparse.Namespace) -> float:
-    """Model FLOPs of one forward+backward over a global batch (Megatron-LM's formula)."""
+def flops_per_iteration(args: argparse.Namespace, batch_size: Optional[int] = None) -> float:
+    """Model FLOPs of one forward+backward over a global batch of `batch_size` samples
+    (default --global-batch-size; Megatron-LM's formula)."""
     heads, layers, hidden = args.num_attention_heads, args.num_layers, args.hidden_size
     kv_channels = args.kv_channels or hidden // heads
     query_ratio = kv_channels * heads / hidden
     routed = 1 if args.num_experts is None else args.moe_router_topk
     ffn = args.ffn_hidden_size if args.num_experts is None else args.moe_ffn_hidden_size
     gated = 1.5 if gated_mlp(args) else 1.0
-    tokens = args.global_batch_size * args.seq_length
+    tokens = (batch_size or args.global_batch_size) * args.seq_length
     return 12.0 * tokens * layers * hidden * hidden * (
         (1 + args.num_query_groups / heads + args.seq_length / hidden) * query_ratio
         + ffn / hidden * routed * gated
@@ -58,10 +59,14 @@ def training_log_line(args: argparse.Namespace, iteration: int, consumed_samples
                       elapsed_ms: float, learning_rate: float, loss: Optional[float],
                       loss_scale: float, grad_norm: Optional[float], skipped: int,
                       nan_iterations: int, world_size: int, num_zeros: Optional[float] = None,
-                      params_norm: Optional[float] = None) -> str:
+                      params_norm: Optional[float] = None, batch_size: Optional[int] = None,
+                      metrics: Optional[Dict[str, float]] = None) -> str:
+    """`batch_size`: this iteration's global batch size (--rampup-batch-size grows it);
+    `metrics`: what the loss function reports besides the loss (DPO's rewards), after it."""
+    batch_size = batch_size or args.global_batch_size
     seconds = elapsed_ms / 1000.0
-    tflops = flops_per_iteration(args) / (seconds * 1e12 * world_size)
-    tokens_per_device = args.global_batch_size * args.seq_length / seconds / world_size
+    tflops = flops_per_iteration(args, batch_size) / (seconds * 1e12 * world_size)
+    tokens_per_device = batch_size * args.seq_length / seconds / world_size
     fields = [
         f" [{datetime.now().strftime('%Y-%m-%d %H:%M:%S')}] iteration {iteration:8d}/"
         f"{args.train_iters:8d}",
@@ -70,10 +75,11 @@ def training_log_line(args: argparse.Namespace, iteration: int, consumed_samples
         f"throughput per GPU (TFLOP/s/GPU): {tflops:.3f}",
         f"tokens per second per device: {tokens_per_device:.1f}",
         f"learning rate: {learning_rate:.6E}",
-        f"global batch size: {args.global_batch_size:5d}",
+        f"global batch size: {batch_size:5d}",
     ]
     if loss is not None:
         fields.append(f"lm loss: {loss:.6E}")
+    fields += [f"{name}: {value:.6E}" for name, value in (metrics or {}).items()]
     fields.append(f"loss scale: {loss_scale:.1f}")
     if grad_norm is not None:
         fields.append(f"grad norm: {grad_norm:.3f}")
