@@ -1,4 +1,4 @@
-"""Post-train a GPT-family model: `torchrun --nproc-per-node N trainer.py --stage sft|dpo
+"""Post-train a GPT-family model: `torchrun --nproc-per-node N trainer.py --stage sft|dpo|rm
 <Megatron-LM flags>` (ModelLink's trainer; sft runs as pretrain_gpt.py does)."""
 import sys
 

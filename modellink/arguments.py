@@ -109,6 +109,9 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--disable-bias-linear", action="store_false", dest="add_bias_linear")
     g.add_argument("--add-qkv-bias", action="store_true",
                    help="bias on the QKV projection even with --disable-bias-linear (Qwen)")
+    g.add_argument("--add-dense-bias", action="store_true",
+                   help="bias on the attention output projection even with "
+                        "--disable-bias-linear (InternLM)")
     g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
     g.add_argument("--padded-vocab-size", type=int, default=None)
     g.add_argument("--init-method-std", type=float, default=0.02)

@@ -106,8 +106,6 @@ def validate_context_parallel_args(args: argparse.Namespace) -> None:
             require(not present, f"{flag} gives batches an attention mask: with "
                                  f"--context-parallel-size {cp} add "
                                  f"--cp-attention-mask-type general")
-    require(args.num_experts is None,
-            "--num-experts with --context-parallel-size > 1 is not supported yet")
     _note_unused(args, f"with --context-parallel-algo {algo}")
 
 

@@ -25,7 +25,6 @@ UNSUPPORTED: Dict[str, str] = {
     "--recompute-activation-function-num-layers": "layers whose MLP activation is recomputed",
     "--output-layer-slice-num": "splits the output-layer matmul into slices to save memory",
     # model shape
-    "--add-dense-bias": "bias on the attention output projection with --disable-bias-linear",
     "--skip-bias-add": "adds linear biases inside the layer instead of fusing them later",
     "--use-partial-rope": "ChatGLM's half-width RoPE (older spelling of --use-glm-rope)",
     "--input-layernorm-in-fp32": "computes the input layer norm in fp32",

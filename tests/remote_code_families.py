@@ -1,13 +1,14 @@
 """Tiny checkpoints of the trust_remote_code families, in their published layouts.
 
-transformers has no classes for Baichuan2, Aquila, InternLM2 or ChatGLM3 and no code may be
-downloaded, so each case is a transformers model that computes the same function (Llama for
-Baichuan2-7B, Aquila and InternLM2; GLM-4's GlmForCausalLM for ChatGLM3: RoPE on half of each
-head's channels, adjacent pairs rotated, QKV bias, RMSNorm, SwiGLU, untied head), whose state
-dict is rewritten here into the family's own tensor names, fused layouts and config.json.
-Baichuan2-13B (ALiBi) has no transformers counterpart; its reference is its forward pass,
-written out below over a Llama's weights. All of this follows the families' modeling code,
-independently of modellink.
+transformers has no classes for Baichuan2, Aquila, InternLM, InternLM2 or ChatGLM3 and no code
+may be downloaded, so each case is a transformers model that computes the same function (Llama
+for Baichuan2-7B, Aquila and InternLM2; Llama with attention_bias, which puts biases on q/k/v
+and o as InternLM's modeling code does, for InternLM; GLM-4's GlmForCausalLM for ChatGLM3: RoPE
+on half of each head's channels, adjacent pairs rotated, QKV bias, RMSNorm, SwiGLU, untied
+head), whose state dict is rewritten here into the family's own tensor names, fused layouts
+and config.json. Baichuan2-13B (ALiBi) has no transformers counterpart; its reference is its
+forward pass, written out below over a Llama's weights. All of this follows the families'
+modeling code, independently of modellink.
 """
 from __future__ import annotations
 
@@ -121,6 +122,24 @@ def _aquila(sd: State, c: transformers.PretrainedConfig) -> Tuple[State, Dict[st
     return dict(sd), config
 
 
+def _internlm(sd: State, c: transformers.PretrainedConfig) -> Tuple[State, Dict[str, Any]]:
+    """InternLM-7B's checkpoint is a Llama's tensor names (the biases included) under its own
+    config.json, as internlm-chat-7b ships it after the dynamic NTK update."""
+    config = {"architectures": ["InternLMForCausalLM"], "model_type": "internlm",
+              "auto_map": {"AutoConfig": "configuration_internlm.InternLMConfig",
+                           "AutoModel": "modeling_internlm.InternLMForCausalLM",
+                           "AutoModelForCausalLM": "modeling_internlm.InternLMForCausalLM"},
+              "bias": True, "hidden_act": "silu", "hidden_size": c.hidden_size,
+              "initializer_range": 0.02, "intermediate_size": c.intermediate_size,
+              "max_position_embeddings": c.max_position_embeddings,
+              "num_attention_heads": c.num_attention_heads,
+              "num_hidden_layers": c.num_hidden_layers, "rms_norm_eps": c.rms_norm_eps,
+              "rotary": {"base": 10000, "type": "dynamic"}, "tie_word_embeddings": False,
+              "vocab_size": c.vocab_size, "bos_token_id": 1, "eos_token_id": 2,
+              "pad_token_id": 0, "use_cache": True}
+    return dict(sd), config
+
+
 def _internlm2(sd: State, c: transformers.PretrainedConfig) -> Tuple[State, Dict[str, Any]]:
     out = {"model.tok_embeddings.weight": sd["model.embed_tokens.weight"],
            "model.norm.weight": sd["model.norm.weight"], "output.weight": sd["lm_head.weight"]}
@@ -212,6 +231,9 @@ REMOTE_FAMILIES: Dict[str, RemoteFamily] = {
         _baichuan2_13b, normalized_head="lm_head.weight", family="baichuan2", alibi=True),
     "internlm2": RemoteFamily(lambda: transformers.LlamaConfig(**SHAPE, num_key_value_heads=2),
                               _internlm2),
+    # InternLM-1 has no GQA; its modeling code is LLaMA's with biased q/k/v/o projections.
+    "internlm": RemoteFamily(lambda: transformers.LlamaConfig(
+        **SHAPE, num_key_value_heads=4, attention_bias=True), _internlm),
     # No transformers class: LlamaForCausalLM is the function Aquila's modeling code computes.
     "aquila": RemoteFamily(lambda: transformers.LlamaConfig(
         **SHAPE, num_key_value_heads=2, rope_parameters={"rope_type": "default",

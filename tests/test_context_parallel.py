@@ -1,6 +1,7 @@
 """Context parallelism end to end: every algorithm and layout trains the tiny model to the
-losses and grad norms of one process (fp32), with causal and packed-sample masks and with GQA;
-a CP=2 checkpoint resumes at CP=1; bad combinations fail at parse time with one line.
+losses and grad norms of one process (fp32), with causal and packed-sample masks, with GQA,
+with VPP and with MoE (EP=1 and 2); a CP=2 checkpoint resumes at CP=1 and at CP=4; bad
+combinations fail at parse time with one line.
 
 Three torchrun jobs (1, 2 and 4 ranks) run all the pretrain() calls; the tests read their
 histories. The packed-sample runs train on short documents (5-20 tokens), so every sample of
@@ -31,6 +32,7 @@ HYBRID = ["--context-parallel-size", "4", "--context-parallel-algo", "hybrid_cp_
           "--ulysses-degree-in-cp", "2"]
 GENERAL = ["--cp-attention-mask-type", "general"]
 MQA = ["--num-query-groups", "1"]
+MOE = ["--num-experts", "4", "--moe-router-topk", "2", "--moe-aux-loss-coeff", "0.1"]
 
 
 def _packed_args(prefix: str) -> List[str]:
@@ -64,7 +66,8 @@ def runs(tmp_path_factory) -> Dict[str, dict]:
     causal = TINY_LLAMA + ITERS
     packed = _packed_args(_write_short_documents(tmp / "short_docs")) + ITERS
     checkpoint = str(tmp / "checkpoint")
-    histories = _job(tmp, 1, {"ref": causal, "ref_packed": packed, "ref_mqa": causal + MQA})
+    histories = _job(tmp, 1, {"ref": causal, "ref_packed": packed, "ref_mqa": causal + MQA,
+                              "ref_moe": causal + MOE})
     histories.update(_job(tmp, 2, {
         "ulysses": causal + CP2 + ULYSSES,
         "ring": causal + CP2 + RING,
@@ -74,6 +77,7 @@ def runs(tmp_path_factory) -> Dict[str, dict]:
         + ["--kv-head-repeat-before-uly-alltoall"],
         "saved_at_cp2": causal + CP2 + RING + ["--save", checkpoint, "--exit-interval", "1"],
         "resumed_at_cp1": causal + ["--load", checkpoint],
+        "moe_cp2": causal + MOE + CP2 + RING,
     }))
     histories.update(_job(tmp, 4, {
         "hybrid": causal + HYBRID,
@@ -82,6 +86,11 @@ def runs(tmp_path_factory) -> Dict[str, dict]:
                                              "--sequence-parallel"],
         "cp2_pp2": causal + CP2 + ULYSSES + ["--pipeline-model-parallel-size", "2"],
         "cp2_dp2_distopt": causal + CP2 + ULYSSES + ["--use-distributed-optimizer"],
+        "cp2_vpp": causal + CP2 + RING + ["--pipeline-model-parallel-size", "2",
+                                          "--num-layers-per-virtual-pipeline-stage", "1"],
+        "moe_cp2_ep2": causal + MOE + CP2 + ULYSSES + ["--expert-model-parallel-size", "2"],
+        "resumed_at_cp4": causal + ["--context-parallel-size", "4"] + RING
+        + ["--load", checkpoint],
     }))
     return histories
 
@@ -93,7 +102,7 @@ def _assert_same_training(run: dict, reference: dict) -> None:
 
 
 @pytest.mark.parametrize("name", ["ulysses", "ring", "hybrid", "cp2_tp2_sp", "cp2_pp2",
-                                  "cp2_dp2_distopt"])
+                                  "cp2_dp2_distopt", "cp2_vpp"])
 def test_context_parallel_matches_one_process(runs, name):
     _assert_same_training(runs[name], runs["ref"])
     assert runs["ref"]["loss"][-1] < runs["ref"]["loss"][0]
@@ -110,11 +119,21 @@ def test_ulysses_repeats_kv_heads_it_cannot_split(runs):
     _assert_same_training(runs["ulysses_mqa_repeat"], runs["ref_mqa"])
 
 
-def test_cp2_checkpoint_resumes_at_cp1(runs):
+@pytest.mark.parametrize("name", ["moe_cp2", "moe_cp2_ep2"])
+def test_moe_with_its_load_balancing_loss_matches_one_process(runs, name):
+    # megatron-core counts the router's tokens per expert over TP x CP and scales the
+    # auxiliary loss's gradient by CP, so each CP rank's share adds up to the CP=1 loss.
+    # Coefficient 0.1: doubling it moves the grad norms by ~7e-3, far beyond TIGHT.
+    assert runs["ref_moe"]["grad_norm"] != pytest.approx(runs["ref"]["grad_norm"], rel=1e-3)
+    _assert_same_training(runs[name], runs["ref_moe"])
+
+
+@pytest.mark.parametrize("name", ["resumed_at_cp1", "resumed_at_cp4"])
+def test_cp2_checkpoint_resumes_at_other_sizes(runs, name):
     assert runs["saved_at_cp2"]["iteration"] == [1]
-    assert runs["resumed_at_cp1"]["iteration"] == [2, 3]
+    assert runs[name]["iteration"] == [2, 3]
     assert runs["saved_at_cp2"]["loss"] == pytest.approx(runs["ref"]["loss"][:1], **TIGHT)
-    assert runs["resumed_at_cp1"]["loss"] == pytest.approx(runs["ref"]["loss"][1:], **TIGHT)
+    assert runs[name]["loss"] == pytest.approx(runs["ref"]["loss"][1:], **TIGHT)
 
 
 def _parse(*extra: str, world: int = 2):
@@ -139,10 +158,9 @@ def _parse(*extra: str, world: int = 2):
     (CP2 + RING + ["--reset-attention-mask"], 2, "add --cp-attention-mask-type general"),
     (CP2 + ["--is-instruction-dataset", "--tokenizer-padding-side", "left"], 2,
      "--tokenizer-padding-side left gives batches an attention mask"),
-    (CP2 + ["--num-experts", "2"], 2, "--num-experts with --context-parallel-size"),
 ], ids=["seq-chunks", "sp-share", "hybrid-degree-missing", "hybrid-degree-divides",
         "hybrid-no-ring", "ulysses-heads", "kv-groups", "ring-dropout", "ring-alibi",
-        "ring-softcap", "reset-mask", "left-padding", "moe"])
+        "ring-softcap", "reset-mask", "left-padding"])
 def test_bad_combinations_fail_at_parse_time(extra, world, message):
     with pytest.raises(ArgumentError, match=message):
         _parse(*extra, world=world)

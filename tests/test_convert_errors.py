@@ -113,6 +113,10 @@ def test_failure_midway_leaves_nothing(hf_dirs, capsys, tmp_path):
     ("baichuan2", {"max_position_embeddings": None, "model_max_length": None},
      "config.json has no model_max_length: Baichuan2-13B's sequence length"),
     ("internlm2", {"bias": True}, "bias=True is not supported for internlm2"),
+    # InternLM-20B has no biases; its RoPE base is InternLM's only one.
+    ("internlm", {"bias": False}, "bias=False is not supported for internlm"),
+    ("internlm", {"rotary": {"base": 1000000, "type": "dynamic"}},
+     "config.json rotary={'base': 1000000"),
     ("internlm2", {"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope type 'linear'"),
     ("chatglm3", {"rmsnorm": False}, "rmsnorm=False is not supported for chatglm3"),
     ("chatglm3", {"add_qkv_bias": None}, "config.json has no add_qkv_bias"),
@@ -133,6 +137,7 @@ def test_remote_code_config_is_refused(capsys, tmp_path, family, edit, message):
 @pytest.mark.parametrize("family,message", [
     ("baichuan2", "cannot hold num_key_value_heads=2 (the family fixes 4)"),
     ("chatglm3", "add_qkv_bias=False, but --model-type-hf chatglm3 needs True"),
+    ("internlm", "add_qkv_bias=False, but --model-type-hf internlm needs True"),
 ])
 def test_export_to_a_family_that_cannot_hold_the_model(hf_dirs, capsys, tmp_path, family,
                                                         message):
@@ -152,6 +157,35 @@ def test_export_needs_the_family_rotary():
     args.rotary_percent = 1.0
     with pytest.raises(FamilyConfigError, match="rotary_percent=1.0, but .* needs 0.5"):
         check_args(get_family("chatglm3"), args)
+
+
+def test_export_needs_the_family_dense_bias():
+    """Qwen's layout has no output-projection bias, InternLM's needs one; checkpoints from
+    before --add-dense-bias existed (no such attribute) have none."""
+    args = argparse.Namespace(normalization="RMSNorm", swiglu=True, position_embedding_type="rope",
+                              add_bias_linear=False, add_qkv_bias=True, rotary_percent=1.0)
+    with pytest.raises(FamilyConfigError, match="trained without --add-dense-bias"):
+        check_args(get_family("internlm"), args)
+    args.add_dense_bias = True
+    with pytest.raises(FamilyConfigError, match="with --add-dense-bias, but .* cannot hold it"):
+        check_args(get_family("qwen"), args)
+
+
+def test_export_needs_the_family_moe_settings():
+    """Mixtral's config.json has no shared experts nor pre-softmax routing; Qwen2-MoE's needs
+    both."""
+    args = argparse.Namespace(normalization="RMSNorm", swiglu=True, position_embedding_type="rope",
+                              add_bias_linear=False, add_qkv_bias=False, rotary_percent=1.0,
+                              num_experts=4, ffn_hidden_size=128, moe_ffn_hidden_size=128,
+                              moe_shared_expert_intermediate_size=48)
+    with pytest.raises(FamilyConfigError, match="cannot hold shared experts"):
+        check_args(get_family("mixtral"), args)
+    args.moe_router_pre_softmax = True
+    with pytest.raises(FamilyConfigError, match="moe_router_pre_softmax=True, but .* needs False"):
+        check_args(get_family("mixtral"), args)
+    args.add_qkv_bias = True
+    with pytest.raises(FamilyConfigError, match="shared_expert_gate=False, but .* needs True"):
+        check_args(get_family("qwen2_moe"), args)
 
 
 @pytest.mark.parametrize("family,edit,message", [

@@ -39,10 +39,22 @@ HF_CONFIGS = {
     "qwen2.5": lambda: transformers.Qwen2Config(
         **SMALL, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
         use_sliding_window=False, sliding_window=32, max_window_layers=2),
+    # LlamaForCausalLM checkpoints with their own settings: Yi's GQA and RoPE base 5e6,
+    # CodeLlama-7B/13B's heads without GQA, RoPE base 1e6 and 32016-token vocabulary.
+    "yi": lambda: transformers.LlamaConfig(
+        **SMALL, rope_parameters={"rope_type": "default", "rope_theta": 5e6}),
+    "codellama": lambda: transformers.LlamaConfig(
+        **dict(SMALL, vocab_size=32016, num_key_value_heads=4),
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6}),
     # Per-head query/key RMSNorm, no QKV bias, head_dim != hidden / heads.
     "qwen3": lambda: transformers.Qwen3Config(**SMALL, head_dim=24),
     "mixtral": lambda: transformers.MixtralConfig(**dict(SMALL, intermediate_size=64),
                                                   num_local_experts=4, num_experts_per_tok=2),
+    # Every published Qwen2-MoE setting: shared expert with its gate, top-k weights not
+    # renormalised (--moe-router-pre-softmax), expert and shared widths of their own, QKV bias.
+    "qwen2_moe": lambda: transformers.Qwen2MoeConfig(
+        **SMALL, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+        shared_expert_intermediate_size=48, norm_topk_prob=False),
     # head_dim != hidden / heads; small soft-caps and a 4-token window so that each changes
     # the logits of the 8-token inputs.
     "gemma": lambda: transformers.GemmaConfig(**SMALL, head_dim=24),
@@ -55,7 +67,8 @@ HF_CONFIGS = {
 # config.json keys the saving class writes (from_config leaves architectures unset).
 CLASS_WRITTEN = ("architectures", "transformers_version")
 # A test case's --model-type-hf, where it is not the case's name.
-CASE_FAMILY = {"llama3": "llama2", "qwen2.5": "qwen"}
+CASE_FAMILY = {"llama3": "llama2", "yi": "llama2", "codellama": "llama2",
+               "qwen2.5": "qwen"}
 # name -> (converter flags, ranks to run on)
 LAYOUTS: Dict[str, Tuple[List[str], int]] = {
     "tp1pp1": ([], 2),
@@ -70,12 +83,16 @@ EXTRA_LAYOUTS = {
                                "--num-layer-list", "1,3"], 2),
                "pp2_vpp": (["--target-pipeline-parallel-size", "2",
                             "--num-layers-per-virtual-pipeline-stage", "1"], 2)},
+    "qwen2_moe": {"ep2": (["--target-expert-parallel-size", "2"], 2)},
     "mixtral": {"ep2": (["--target-expert-parallel-size", "2"], 2),
                 "tp2ep2": (["--target-tensor-parallel-size", "2",
                             "--target-expert-parallel-size", "2"], 4)},
 }
-# Variants of a family checked at every layout already: TP=2 and PP=2 only.
-ONLY_LAYOUTS = {case: ("tp2pp1", "tp1pp2") for case in ("qwen2.5", "aquila")}
+# Variants of a family checked at every layout already, and the families that only add
+# settings to such a layout (InternLM: --add-qkv-bias --add-dense-bias): TP=2 and PP=2 only.
+ONLY_LAYOUTS = {case: ("tp2pp1", "tp1pp2")
+                for case in ("yi", "codellama", "qwen2.5", "aquila", "internlm")} | {
+    "qwen2_moe": ("tp2pp1", "tp1pp2", "ep2")}
 CASES = [(family, layout) for family in [*HF_CONFIGS, *REMOTE_FAMILIES]
          for layout in ONLY_LAYOUTS.get(family) or
          list(LAYOUTS) + list(EXTRA_LAYOUTS.get(family, {}))]
@@ -217,11 +234,12 @@ def test_round_trip_is_bit_identical(converted, family, layout, tmp_path):
 @pytest.mark.parametrize("case,plain", [
     ("llama3", {"rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}}),
     ("mistral", {"sliding_window": None}),
+    ("qwen2_moe", {"norm_topk_prob": True}),
 ])
 def test_carried_setting_changes_the_logits(case, plain):
-    """The same weights without LLaMA 3's RoPE scaling or Mistral's window give other logits,
-    so the parity cases above (to 1e-5 of the logits' scale) would see either one dropped or
-    mistranslated."""
+    """The same weights without LLaMA 3's RoPE scaling, Mistral's window or Qwen2-MoE's
+    unnormalised top-k weights give other logits, so the parity cases above (to 1e-5 of the
+    logits' scale) would see any of them dropped or mistranslated."""
     config = HF_CONFIGS[case]()
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config)

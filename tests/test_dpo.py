@@ -198,7 +198,6 @@ def test_training_raises_preference_accuracy(runs):
 def test_bad_flags_fail_in_one_line():
     base = TINY_LLAMA + ["--train-iters", "1"]
     cases = {
-        ("--stage", "rm"): "--stage rm (ModelLink: reward-model",
         ("--stage", "dpo"): "add --is-pairwise-dataset",
         ("--is-pairwise-dataset",): "add --stage dpo",
         ("--stage", "dpo", "--is-pairwise-dataset", "--context-parallel-size", "2"):

@@ -31,6 +31,14 @@ def test_top_p_keeps_what_transformers_keeps(top_p):
     assert 1 < int(kept.sum(dim=1).max()) and int(kept.sum(dim=1).min()) < logits.shape[1]
 
 
+def test_top_p_at_an_exact_boundary_drops_the_tokens_that_reach_it():
+    # Four equal tokens: the two least likely sum to exactly 1 - top_p and go, as in transformers.
+    logits = torch.zeros(1, 4)
+    ours = filter_scores(logits, SamplingSettings(do_sample=True, top_p=0.5))
+    assert torch.equal(torch.isinf(ours), torch.isinf(TopPLogitsWarper(0.5)(None, logits.clone())))
+    assert int((~torch.isinf(ours)).sum()) == 2
+
+
 @pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 10, 0.0), (1.5, 0, 0.8),
                                                      (0.5, 20, 0.6)])
 def test_temperature_top_k_and_top_p_in_transformers_order(temperature, top_k, top_p):
@@ -61,15 +69,15 @@ def tiny(tmp_path_factory):
 def test_beam_length_penalty_matches_transformers(tiny, length_penalty):
     from modellink.inference import generate
     hf, model = tiny
-    prompt = PROMPTS[0]
-    greedy = hf_generate(hf, prompt, max_new_tokens=8)
     lengths = set()
-    for stop in greedy[1:3]:  # tokens the beams meet after one or two steps
+    cases = [(prompt, stop) for prompt in PROMPTS  # stop tokens the beams meet early
+             for stop in hf_generate(hf, prompt, max_new_tokens=8)[1:5]]
+    for prompt, stop in cases:
         theirs = hf_generate(hf, prompt, max_new_tokens=8, num_beams=3,
                              length_penalty=length_penalty, eos_token_id=stop)
         ours = generate(model, prompt, max_new_tokens=8, num_beams=3,
                         length_penalty=length_penalty, stop_token_ids=(stop,))[0]
-        assert ours.token_ids == theirs
+        assert ours.token_ids == theirs, (prompt, stop)
         default = hf_generate(hf, prompt, max_new_tokens=8, num_beams=3, eos_token_id=stop)
         lengths.add(len(theirs) != len(default))
     assert True in lengths, "the penalty must change the chosen hypothesis in one case at least"

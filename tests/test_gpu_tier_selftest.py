@@ -6,7 +6,8 @@ import sys
 
 from conftest import ROOT
 
-TIER_FILES = ("test_gpu_ops.py", "test_gpu_training.py", "test_gpu_inference.py")
+TIER_FILES = ("test_gpu_ops.py", "test_gpu_training.py", "test_gpu_inference.py",
+              "test_gpu_ring.py")
 
 
 def test_gpu_run_sh_self_test_prints_the_no_gpu_table():

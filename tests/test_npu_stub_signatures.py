@@ -4,7 +4,8 @@ so a stand-in test cannot pass with a call the real library would refuse.
 
 The table follows the torch_npu API reference of CANN 8.0.RC1 (torch_npu for PyTorch 2.1,
 Ascend Extension for PyTorch 6.0.RC1): npu_fusion_attention as documented on
-hiascend.com ptaoplist_000441; the others as the stand-in's docstrings cite them."""
+hiascend.com ptaoplist_000441, npu_fusion_attention_grad as op-plugin's schema declares it; the
+others as the stand-in's docstrings cite them."""
 import ast
 import importlib.util
 import inspect
@@ -27,6 +28,16 @@ SIGNATURES = {
         ("next_tockens", POS, 2147483647), ("inner_precise", POS, 0), ("prefix", POS, None),
         ("actual_seq_qlen", POS, None), ("actual_seq_kvlen", POS, None),
         ("sparse_mode", POS, 0), ("gen_mask_parallel", POS, True), ("sync", POS, False)],
+    "npu_fusion_attention_grad": [
+        ("query", POS, REQUIRED), ("key", POS, REQUIRED), ("value", POS, REQUIRED),
+        ("dy", POS, REQUIRED), ("head_num", POS, REQUIRED), ("input_layout", POS, REQUIRED),
+        ("pse", KW, None), ("padding_mask", KW, None), ("atten_mask", KW, None),
+        ("softmax_max", KW, None), ("softmax_sum", KW, None), ("softmax_in", KW, None),
+        ("attention_in", KW, None), ("scale_value", KW, 1.0), ("keep_prob", KW, 1.0),
+        ("pre_tockens", KW, 2147483647), ("next_tockens", KW, 2147483647),
+        ("inner_precise", KW, 0), ("seed", KW, 0), ("offset", KW, 0), ("numels", KW, 0),
+        ("prefix", KW, None), ("actual_seq_qlen", KW, None), ("actual_seq_kvlen", KW, None),
+        ("sparse_mode", KW, 0), ("gen_mask_parallel", KW, True), ("sync", KW, False)],
     "npu_rms_norm": [("self", POS, REQUIRED), ("gamma", POS, REQUIRED), ("epsilon", POS, 1e-06)],
     "npu_swiglu": [("input", POS, REQUIRED), ("dim", POS, -1)],
     "npu_rotary_mul": [("input", POS, REQUIRED), ("r1", POS, REQUIRED), ("r2", POS, REQUIRED),

@@ -6,7 +6,9 @@ from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.mlp import MLP
 
 from modellink.arguments import ArgumentError, parse_args
-from modellink.models.layer_spec import decoder_layer_spec, operator_paths
+from modellink.models.layer_spec import (
+    DenseBiasMC2RowParallelLinear, DenseBiasRowParallelLinear, decoder_layer_spec,
+    operator_paths)
 from modellink.ops.mc2 import MC2ColumnParallelLinear, MC2RowParallelLinear
 from modellink.ops.mlp import ActivationMLP
 from modellink.ops.rotary_attention import RotarySelfAttention
@@ -57,6 +59,15 @@ def test_npu_layer_spec_uses_npu_operators():
     assert spec.mlp.module is ActivationMLP and spec.mlp.params["activation"].__name__ == \
         "swiglu_npu"
     assert spec.input_layernorm.params["impl"].name == "npu_rms_norm"
+
+
+@pytest.mark.parametrize("device,linear", [("cpu", DenseBiasRowParallelLinear),
+                                           ("npu", DenseBiasMC2RowParallelLinear)])
+def test_dense_bias_keeps_the_device_projection(device, linear):
+    """--add-dense-bias changes only the bias: MC2's fused projection stays on the NPU."""
+    args = parse_args(LLAMA + FUSED + ["--add-dense-bias"], world_size=2)
+    args.device = device
+    assert decoder_layer_spec(args).submodules.self_attention.submodules.linear_proj is linear
 
 
 def test_cpu_layer_spec_without_flags_is_megatron_core():

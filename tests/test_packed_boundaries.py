@@ -1,7 +1,8 @@
 """Packed fine-tuning rows where the second sample starts with a response token (templates
 without a prompt, or a handler that leaves it empty): the last token of the first sample must
 not be trained to predict it, positions restart there and attention stays within each sample.
-Expected values are written out by hand from the row below."""
+Also a row longer than --seq-length + 1, cut as ModelLink does. Expected values are written out
+by hand from the rows below."""
 import numpy
 import torch
 
@@ -27,3 +28,11 @@ def test_second_sample_starting_with_a_response_token():
     segments = torch.tensor([1, 1, 1, 1, 2, 2, 2, 0])
     expected = (segments[:, None] == segments[None, :]) & torch.ones(8, 8, dtype=torch.bool).tril()
     assert torch.equal(allowed, expected)
+
+
+def test_long_row_is_truncated_to_seq_length():
+    row = {key: numpy.concatenate([value, value]) for key, value in ROW.items()}  # 18 tokens
+    for variable in (False, True):
+        batch = InstructionCollator(seq_length=8, variable=variable, multiple=8)([row])
+        assert batch["tokens"].tolist() == [[11, 12, 13, 14, 21, 22, 23, 0]]
+        assert batch["loss_mask"].tolist() == [[0, 1, 1, 0, 1, 1, 0, 0]]

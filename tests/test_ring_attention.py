@@ -106,7 +106,8 @@ def test_block_matches_reference(kind, sq, skv):
     for got, want in zip(grads, want_grads):
         assert not got.isnan().any()
         torch.testing.assert_close(got, want, **TOLERANCE)
-    assert block_kernel(q.device, kind) == ("reference" if kind == "masked" else "cpu-flash")
+    assert block_kernel(q.device, kind, q.dtype) == ("reference" if kind == "masked"
+                                                     else "cpu-flash")
 
 
 def test_fused_and_reference_kernels_agree():

@@ -71,7 +71,7 @@ def _check_family_flags(options: ConvertOptions) -> None:
     settings = get_family(options.family)
     if options.add_qkv_bias and not settings.qkv_bias:
         raise ConversionError(f"--add-qkv-bias: --model-type-hf {options.family} has no QKV bias")
-    if options.add_dense_bias:
+    if options.add_dense_bias and not settings.dense_bias:
         raise ConversionError(f"--add-dense-bias: --model-type-hf {options.family} has no "
                               f"dense bias")
 

@@ -13,7 +13,8 @@ from modellink.checkpoint.mappings import (
 from modellink.checkpoint.rules import AttentionShape
 from modellink.checkpoint.torch_bin_io import open_checkpoint
 from modellink.models.families import (
-    canonical_config, check_config, get_family, head_dim, query_groups, variant_for_config)
+    canonical_config, check_config, get_family, head_dim, num_experts, query_groups,
+    variant_for_config)
 
 
 def read_config(directory: str) -> Dict[str, Any]:
@@ -35,7 +36,7 @@ class HuggingFaceSource:
         self.shape = ModelShape(
             num_layers=c["num_hidden_layers"],
             attention=AttentionShape(c["num_attention_heads"], query_groups(c), head_dim(c)),
-            num_experts=c.get("num_local_experts") if self.settings.moe else None,
+            num_experts=num_experts(self.settings, c),
             tied=bool(c.get("tie_word_embeddings", False)),
             vocab_size=c["vocab_size"],
         )

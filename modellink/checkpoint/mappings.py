@@ -135,10 +135,30 @@ MAPPINGS: Dict[str, WeightMapping] = {
                  "block_sparse_moe.experts.{e}.w2.weight"),
         ),
     ),
+    # One shared expert, its output scaled by sigmoid(shared_expert_gate . x).
+    "qwen2_moe": WeightMapping(
+        layer=_ATTENTION + _QKV_BIAS + (
+            Copy("mlp.router.weight", "mlp.gate.weight"),
+            Concat("mlp.shared_experts.linear_fc1.weight",
+                   ("mlp.shared_expert.gate_proj.weight", "mlp.shared_expert.up_proj.weight")),
+            Copy("mlp.shared_experts.linear_fc2.weight", "mlp.shared_expert.down_proj.weight"),
+            Copy("mlp.shared_experts.gate_weight", "mlp.shared_expert_gate.weight"),
+        ),
+        expert=(
+            Concat("mlp.experts.local_experts.{e}.linear_fc1.weight",
+                   ("mlp.experts.{e}.gate_proj.weight", "mlp.experts.{e}.up_proj.weight")),
+            Copy("mlp.experts.local_experts.{e}.linear_fc2.weight",
+                 "mlp.experts.{e}.down_proj.weight"),
+        ),
+    ),
     "baichuan2": WeightMapping(
         layer=(_ATTENTION[0], PackedQKV("self_attention.linear_qkv.weight",
                                         "self_attn.W_pack.weight")) + _ATTENTION[2:] + _SWIGLU_MLP,
         normalized_head=True),
+    # InternLM-1: LLaMA's names, with biases on q/k/v and o.
+    "internlm": WeightMapping(
+        layer=_ATTENTION + _QKV_BIAS
+        + (Copy("self_attention.linear_proj.bias", "self_attn.o_proj.bias"),) + _SWIGLU_MLP),
     "internlm2": WeightMapping(
         layer=(
             Copy("input_layernorm.weight", "attention_norm.weight"),

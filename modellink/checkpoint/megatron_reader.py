@@ -41,6 +41,10 @@ class MegatronSource:
                                      else f"iter_{self.iteration:07d}")
         first = self._path_guess()
         self.args: argparse.Namespace = _load(first)["args"]
+        if getattr(self.args, "stage", None) == "rm":
+            # Its output layer is a replicated [1, hidden] value head, not a vocabulary split.
+            raise ConversionError(f"--load-dir {root} is a reward model (trained with --stage "
+                                  f"rm): converting one is not supported yet")
         self.layout: ParallelLayout = layout_from_args(self.args)
         missing = [p for p in self._all_paths() if not os.path.isfile(p)]
         if missing:

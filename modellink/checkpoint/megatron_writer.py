@@ -86,6 +86,20 @@ def _chunk_dicts(read: Source, shape: ModelShape, layout: ParallelLayout, stage:
     return dicts
 
 
+def _save_stage(per_chunk: List[RankDicts], layout: ParallelLayout, args: argparse.Namespace,
+                iter_dir: str, stage: int, iteration: int) -> None:
+    """A function of its own so that no loop variable (the last rank's state) keeps this
+    stage's tensors alive while the next stage is built."""
+    for (tp_rank, ep_rank) in per_chunk[0]:
+        state: Dict[str, object] = {"args": args, "checkpoint_version": CHECKPOINT_VERSION,
+                                    "iteration": iteration}
+        for c, dicts in enumerate(per_chunk):
+            state[layout.model_key(c)] = dicts[(tp_rank, ep_rank)]
+        rank_dir = os.path.join(iter_dir, layout.rank_dir(tp_rank, stage, ep_rank))
+        os.makedirs(rank_dir, exist_ok=True)
+        torch.save(state, os.path.join(rank_dir, MODEL_FILENAME))
+
+
 def write_megatron(read: Source, shape: ModelShape, layout: ParallelLayout,
                    args: argparse.Namespace, out_dir: str, iteration: int, gated: bool) -> None:
     """Write `iter_XXXXXXX/mp_rank_*/model_optim_rng.pt` and the tracker under `out_dir`."""
@@ -98,14 +112,7 @@ def write_megatron(read: Source, shape: ModelShape, layout: ParallelLayout,
             per_chunk: List[RankDicts] = [
                 _chunk_dicts(read, shape, layout, stage, c, args.padded_vocab_size, gated, bar)
                 for c in range(len(chunks))]
-        for (tp_rank, ep_rank) in per_chunk[0]:
-            state: Dict[str, object] = {"args": args, "checkpoint_version": CHECKPOINT_VERSION,
-                                        "iteration": iteration}
-            for c, dicts in enumerate(per_chunk):
-                state[layout.model_key(c)] = dicts[(tp_rank, ep_rank)]
-            rank_dir = os.path.join(iter_dir, layout.rank_dir(tp_rank, stage, ep_rank))
-            os.makedirs(rank_dir, exist_ok=True)
-            torch.save(state, os.path.join(rank_dir, MODEL_FILENAME))
+        _save_stage(per_chunk, layout, args, iter_dir, stage, iteration)
         del per_chunk
     with open(os.path.join(out_dir, TRACKER_FILENAME), "w") as handle:
         handle.write(str(iteration))

@@ -1,12 +1,13 @@
 """config.json dialects: families whose config.json spells settings its own way.
 
-For the trust_remote_code families (Baichuan2, Aquila, InternLM2, ChatGLM3) transformers has
-no config class either (ChatGLM: `num_layers`, `ffn_hidden_size`, `multi_query_group_num`, ...);
-Aquila's config.json has LLaMA's keys and only its own template and classes. The converter
+For the trust_remote_code families (Baichuan2, Aquila, InternLM, InternLM2, ChatGLM3)
+transformers has no config class either (ChatGLM: `num_layers`, `ffn_hidden_size`,
+`multi_query_group_num`, ...); Aquila's and InternLM's config.json have LLaMA's keys and only
+their own template and classes. The converter
 reads every family through the llama-style keys of `families.py`; `to_llama_keys` adds those
 keys next to the family's own, and `strip_llama_keys` takes them off again, so a config.json
 read and written back keeps exactly the family's keys. The dialects of Baichuan2, Aquila,
-InternLM2 and ChatGLM3 are at the end.
+InternLM, InternLM2 and ChatGLM3 are at the end.
 """
 from __future__ import annotations
 
@@ -65,6 +66,16 @@ AQUILA = ConfigDialect(template={
     "auto_map": {"AutoConfig": "configuration_aquila.AquilaConfig",
                  "AutoModelForCausalLM": "modeling_aquila.AquilaForCausalLM"},
     **dict.fromkeys(_FILLED + ("num_key_value_heads", "rope_theta"))})
+# InternLM-1: LLaMA's keys; RoPE's base sits in `rotary` (absent before the dynamic NTK
+# update), at 10000 in every published checkpoint and the only value the converter accepts.
+INTERNLM_ROTARY = (None, {"base": 10000, "type": "dynamic"}, {"base": 10000, "type": "origin"})
+INTERNLM = ConfigDialect(template={
+    "architectures": ["InternLMForCausalLM"], "model_type": "internlm", "hidden_act": "silu",
+    "bias": True, "rotary": INTERNLM_ROTARY[1],
+    "auto_map": {"AutoConfig": "configuration_internlm.InternLMConfig",
+                 "AutoModel": "modeling_internlm.InternLMForCausalLM",
+                 "AutoModelForCausalLM": "modeling_internlm.InternLMForCausalLM"},
+    **dict.fromkeys(_FILLED)})
 INTERNLM2 = ConfigDialect(template={
     "architectures": ["InternLM2ForCausalLM"], "model_type": "internlm2", "hidden_act": "silu",
     "bias": False, "rope_scaling": None,

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from modellink.models.config_dialects import (
-    AQUILA, BAICHUAN2, BAICHUAN2_13B, CHATGLM3, CHATGLM3_FIXED, INTERNLM2, ConfigDialect,
+    AQUILA, BAICHUAN2, BAICHUAN2_13B, CHATGLM3, CHATGLM3_FIXED, INTERNLM, INTERNLM2,
+    INTERNLM_ROTARY, ConfigDialect,
     set_llama_value, strip_llama_keys, to_llama_keys)
 from modellink.models.feature_args import SWITCHES, VALUED
 from modellink.user_error import UserError
@@ -52,6 +53,10 @@ _LLAMA_FIELDS = (
 )
 _LLAMA_FLAGS = ("--normalization", "RMSNorm", "--swiglu", "--position-embedding-type", "rope",
                 "--disable-bias-linear", "--attention-dropout", "0", "--hidden-dropout", "0")
+# MoE config.json keys <-> flags (Mixtral's); the MoE switches a family may set.
+_MIXTRAL_MOE = (Field("num_local_experts", "num_experts", "--num-experts"),
+                Field("num_experts_per_tok", "moe_router_topk", "--moe-router-topk"))
+_MOE_SWITCHES = ("moe_router_pre_softmax", "shared_expert_gate")
 # What a Megatron checkpoint's args must say to be exported as the family (check_args).
 _LLAMA_ARGS = {"normalization": "RMSNorm", "swiglu": True, "position_embedding_type": "rope",
                "add_bias_linear": False}
@@ -66,6 +71,11 @@ class FamilySettings:
     fields: Tuple[Field, ...] = _LLAMA_FIELDS
     fixed_flags: Tuple[str, ...] = _LLAMA_FLAGS
     qkv_bias: bool = False
+    moe_fields: Tuple[Field, ...] = _MIXTRAL_MOE
+    # MoE switches (of _MOE_SWITCHES) the family's models are built with (Qwen2-MoE's routing).
+    moe_switches: Tuple[str, ...] = ()
+    # --add-dense-bias: a bias on the attention output projection only (InternLM).
+    dense_bias: bool = False
     moe: bool = False
     # HF config values this family's Megatron model cannot represent: attribute -> allowed.
     required: Dict[str, Any] = field(default_factory=dict)
@@ -164,6 +174,12 @@ _BLOOM_ARGS = {"normalization": "LayerNorm", "swiglu": False, "position_embeddin
 # HF's window of W keys ends at the query's own; --sliding-window W counts the keys before it.
 _MISTRAL_FIELDS = (Field("sliding_window", "sliding_window", "--sliding-window", offset=-1),)
 
+_QWEN2_MOE = (
+    Field("num_experts", "num_experts", "--num-experts"), _MIXTRAL_MOE[1],
+    Field("moe_intermediate_size", "moe_ffn_hidden_size", "--moe-ffn-hidden-size"),
+    Field("shared_expert_intermediate_size", "moe_shared_expert_intermediate_size",
+          "--moe-shared-expert-intermediate-size"))
+
 
 def _is_aquila(config: Optional[Dict[str, Any]]) -> bool:
     return (config or {}).get("model_type") in _AQUILA.model_types
@@ -185,12 +201,26 @@ FAMILIES: Dict[str, FamilySettings] = {
                                                     "use_sliding_window": False}),
         FamilySettings("mixtral", ("mixtral",), "MixtralForCausalLM", "MixtralConfig", moe=True,
                        required={"hidden_act": "silu"}),
+        # Qwen1.5-MoE / Qwen2-MoE: every layer MoE, a softmax over all experts, the top-k's
+        # weights not renormalised, one shared expert behind a sigmoid gate.
+        FamilySettings("qwen2_moe", ("qwen2_moe",), "Qwen2MoeForCausalLM", "Qwen2MoeConfig",
+                       qkv_bias=True, moe=True, moe_fields=_QWEN2_MOE,
+                       moe_switches=_MOE_SWITCHES, required={
+                           "hidden_act": "silu", "qkv_bias": True, "use_sliding_window": False,
+                           "norm_topk_prob": False, "decoder_sparse_step": 1,
+                           "mlp_only_layers": ([],)}),
         # Baichuan2-7B; the 13B model's config.json has no max_position_embeddings.
         FamilySettings("baichuan2", ("baichuan",), "BaichuanForCausalLM", None,
                        required={"hidden_act": "silu"}, dialect=BAICHUAN2,
                        variant=Variant(_BAICHUAN2_13B,
                                        lambda config: "max_position_embeddings" not in config,
                                        lambda args, _: args.position_embedding_type == "alibi")),
+        # InternLM-1 (7B): LLaMA's layout with biased q/k/v/o projections, RoPE base 10000
+        # (its config.json has no key for another); dynamic NTK as for InternLM2 below.
+        FamilySettings("internlm", ("internlm",), "InternLMForCausalLM", None, qkv_bias=True,
+                       dense_bias=True, dialect=INTERNLM,
+                       required={"hidden_act": "silu", "bias": True,
+                                 "rotary": INTERNLM_ROTARY}),
         # Dynamic NTK scaling only changes RoPE beyond max_position_embeddings.
         FamilySettings("internlm2", ("internlm2",), "InternLM2ForCausalLM", None,
                        required={"hidden_act": "silu", "bias": False},
@@ -335,6 +365,13 @@ def head_dim(config: Dict[str, Any]) -> int:
     return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
 
 
+def num_experts(settings: FamilySettings, config: Dict[str, Any]) -> Optional[int]:
+    """The routed experts per layer (None: a dense family)."""
+    if not settings.moe:
+        return None
+    return next(config[f.hf] for f in settings.moe_fields if f.arg == "num_experts")
+
+
 def query_groups(config: Dict[str, Any]) -> int:
     return config.get("num_key_value_heads") or config["num_attention_heads"]
 
@@ -368,9 +405,12 @@ def training_flags(settings: FamilySettings, config: Dict[str, Any]) -> List[str
         flags.append("--untie-embeddings-and-output-weights")
     if settings.qkv_bias:
         flags.append("--add-qkv-bias")
+    if settings.dense_bias:
+        flags.append("--add-dense-bias")
     if settings.moe:
-        flags += ["--num-experts", str(config["num_local_experts"]),
-                  "--moe-router-topk", str(config["num_experts_per_tok"])]
+        for f in settings.moe_fields:
+            flags += [f.flag, f.to_flag(config[f.hf])]
+        flags += ["--" + switch.replace("_", "-") for switch in settings.moe_switches]
     return flags
 
 
@@ -411,8 +451,7 @@ def hf_config_from_args(settings: FamilySettings, args: argparse.Namespace, voca
     config.pop("rope_theta", None)
     config.pop("rope_scaling", None)
     if settings.moe:
-        config.update(num_local_experts=args.num_experts,
-                      num_experts_per_tok=args.moe_router_topk)
+        config.update({f.hf: f.to_hf(getattr(args, f.arg)) for f in settings.moe_fields})
     return config
 
 
@@ -463,6 +502,12 @@ def check_args(settings: FamilySettings, args: argparse.Namespace) -> None:
                                 f"{'with' if not settings.rotary_interleaved else 'without'} "
                                 f"--rotary-interleaved, but --model-type-hf {settings.name} "
                                 f"{'needs' if settings.rotary_interleaved else 'cannot hold'} it")
+    # Checkpoints written before --add-dense-bias existed have no such bias.
+    if getattr(args, "add_dense_bias", False) != settings.dense_bias:
+        raise FamilyConfigError(f"the checkpoint was trained "
+                                f"{'without' if settings.dense_bias else 'with'} "
+                                f"--add-dense-bias, but --model-type-hf {settings.name} "
+                                f"{'needs' if settings.dense_bias else 'cannot hold'} it")
     if getattr(args, "qk_layernorm", False) != settings.qk_layernorm:
         raise FamilyConfigError(f"the checkpoint was trained "
                                 f"{'without' if settings.qk_layernorm else 'with'} "
@@ -482,3 +527,25 @@ def check_args(settings: FamilySettings, args: argparse.Namespace) -> None:
         raise FamilyConfigError(f"--model-type-hf {settings.name} "
                                 f"{'needs' if settings.moe else 'cannot hold'} an MoE checkpoint "
                                 f"(--num-experts)")
+    if settings.moe:
+        _check_moe_args(settings, args)
+
+
+def _check_moe_args(settings: FamilySettings, args: argparse.Namespace) -> None:
+    # Checkpoints written before a switch existed were built without it.
+    for switch in _MOE_SWITCHES:
+        if getattr(args, switch, False) != (switch in settings.moe_switches):
+            raise FamilyConfigError(f"the checkpoint was trained with {switch}="
+                                    f"{getattr(args, switch, False)!r}, but --model-type-hf "
+                                    f"{settings.name} needs {switch in settings.moe_switches!r}")
+    held = {f.arg for f in settings.moe_fields}
+    # Mixtral's config.json has one width for the experts and none for shared experts.
+    width = getattr(args, "moe_ffn_hidden_size", None)
+    if "moe_ffn_hidden_size" not in held and width not in (None, args.ffn_hidden_size):
+        raise FamilyConfigError(f"--model-type-hf {settings.name}'s config.json cannot hold "
+                                f"--moe-ffn-hidden-size {width} other than "
+                                f"--ffn-hidden-size {args.ffn_hidden_size}")
+    shared = getattr(args, "moe_shared_expert_intermediate_size", None)
+    if "moe_shared_expert_intermediate_size" not in held and shared is not None:
+        raise FamilyConfigError(f"--model-type-hf {settings.name}'s config.json cannot hold "
+                                f"shared experts (--moe-shared-expert-intermediate-size)")

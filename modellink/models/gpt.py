@@ -18,6 +18,7 @@ from modellink.models.gpt_model import ModelLinkGPTModel
 from modellink.models.layer_spec import decoder_layer_spec, norm_spec, window_from_args
 from modellink.models.lora import with_adapters
 from modellink.models.moe import moe_config_kwargs
+from modellink.models.value_head import attach_value_head, is_reward_model
 from modellink.ops.activations import activation_from_args
 from modellink.ops.rope_scaling import RopeScaling, scaled_inv_freq
 
@@ -148,7 +149,9 @@ def _build_chunk(args: argparse.Namespace, config: TransformerConfig,
         pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
         post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
         parallel_output=True,
-        share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
+        # A reward model has no vocabulary output layer to tie to the embedding.
+        share_embeddings_and_output_weights=not (args.untie_embeddings_and_output_weights
+                                                 or is_reward_model(args)),
         # ALiBi lives in the attention scores (modellink/ops/alibi.py), not in GPTModel.
         position_embedding_type=("none" if args.position_embedding_type == "alibi"
                                  else args.position_embedding_type),
@@ -166,4 +169,6 @@ def _build_chunk(args: argparse.Namespace, config: TransformerConfig,
         rotary = model.rotary_pos_emb
         rotary.inv_freq = scaled_inv_freq(rotary.inv_freq.numel() * 2, args.rotary_base,
                                           scaling).to(rotary.inv_freq.device)
+    if is_reward_model(args):
+        attach_value_head(model, config)
     return model

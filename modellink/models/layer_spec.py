@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from functools import partial
-from typing import Optional
+from typing import Any, Optional
 
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 from megatron.core.models.backends import LocalSpecProvider
@@ -122,8 +122,24 @@ def _mlp_spec(args: argparse.Namespace, ops: OperatorChoices) -> ModuleSpec:
                               "recompute_activation": args.recompute_activation_function})
 
 
+class _DenseBias:
+    """--add-dense-bias: megatron-core gives the attention output projection a bias only with
+    every other linear's (add_bias_linear); InternLM has it with bias-free MLPs."""
+
+    def __init__(self, *args: Any, bias: bool, **kwargs: Any) -> None:
+        super().__init__(*args, bias=True, **kwargs)
+
+
+class DenseBiasRowParallelLinear(_DenseBias, RowParallelLinear):
+    pass
+
+
+class DenseBiasMC2RowParallelLinear(_DenseBias, MC2RowParallelLinear):
+    pass
+
+
 def _self_attention_spec(ops: OperatorChoices, qk_norm: ModuleSpec,
-                         cp: Optional[ContextParallelSettings]) -> ModuleSpec:
+                         cp: Optional[ContextParallelSettings], dense_bias: bool) -> ModuleSpec:
     if cp is not None:
         # megatron-core's DotProductAttention refuses CP > 1: our operators always serve it.
         core_attention = partial(ContextParallelAttention,
@@ -133,6 +149,10 @@ def _self_attention_spec(ops: OperatorChoices, qk_norm: ModuleSpec,
     else:
         core_attention = partial(FlashSelfAttention, settings=ops.attention)
     params = {"attn_mask_type": AttnMaskType.causal}
+    if dense_bias:
+        linear_proj = DenseBiasMC2RowParallelLinear if ops.fused_mc2 else DenseBiasRowParallelLinear
+    else:
+        linear_proj = MC2RowParallelLinear if ops.fused_mc2 else RowParallelLinear
     module = SelfAttention
     if ops.rotary is not None:
         module, params["rotary"] = RotarySelfAttention, ops.rotary
@@ -142,7 +162,7 @@ def _self_attention_spec(ops: OperatorChoices, qk_norm: ModuleSpec,
         submodules=SelfAttentionSubmodules(
             linear_qkv=MC2ColumnParallelLinear if ops.fused_mc2 else ColumnParallelLinear,
             core_attention=core_attention,
-            linear_proj=MC2RowParallelLinear if ops.fused_mc2 else RowParallelLinear,
+            linear_proj=linear_proj,
             q_layernorm=qk_norm,
             k_layernorm=qk_norm,
         ),
@@ -157,7 +177,8 @@ def decoder_layer_spec(args: argparse.Namespace) -> ModuleSpec:
     submodules = dict(
         input_layernorm=norm,
         self_attention=_self_attention_spec(ops, norm if args.qk_layernorm else IdentityOp,
-                                            context_parallel_settings(args)),
+                                            context_parallel_settings(args),
+                                            args.add_dense_bias),
         self_attn_bda=bda,
         pre_mlp_layernorm=norm,
         mlp=_mlp_spec(args, ops),

@@ -21,6 +21,9 @@ def add_moe_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--num-experts", type=int, default=None)
     g.add_argument("--moe-ffn-hidden-size", type=int, default=None)
     g.add_argument("--moe-router-topk", type=int, default=2)
+    g.add_argument("--moe-router-pre-softmax", action="store_true",
+                   help="top-k of the softmax over all experts, weights not renormalised "
+                        "(Qwen2-MoE); without it, the softmax over the top-k logits")
     g.add_argument("--moe-router-load-balancing-type", default="aux_loss",
                    choices=["aux_loss", "seq_aux_loss", "sinkhorn", "softmax_topk",
                             "group_limited_greedy", "none"])
@@ -50,7 +53,8 @@ def validate_moe_args(args: argparse.Namespace) -> None:
     capacity = args.moe_expert_capacity_factor
     require(args.num_experts is not None or (
         capacity is None and not args.moe_pad_expert_input_to_capacity
-        and args.moe_shared_expert_intermediate_size is None and not args.shared_expert_gate),
+        and args.moe_shared_expert_intermediate_size is None and not args.shared_expert_gate
+        and not args.moe_router_pre_softmax),
         "the MoE flags (--moe-expert-capacity-factor, --moe-shared-expert-intermediate-size, "
         "...) need --num-experts")
     require(capacity is None or capacity > 0,
@@ -123,7 +127,7 @@ def moe_config_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
         moe_router_topk=args.moe_router_topk,
         moe_router_load_balancing_type=("none" if softmax_topk else
                                         "aux_loss" if group_limited else balancing),
-        moe_router_pre_softmax=softmax_topk or group_limited,
+        moe_router_pre_softmax=args.moe_router_pre_softmax or softmax_topk or group_limited,
         moe_router_num_groups=args.expert_model_parallel_size if group_limited else None,
         moe_router_group_topk=args.topk_group,
         moe_router_topk_scaling_factor=args.routed_scaling_factor,

@@ -2,19 +2,18 @@
 blocks, and a block's backward given the output and log-sum-exp of the WHOLE attention: the
 pieces ring attention (ring_attention.py) is made of.
 
-Tensors are [b, heads, s, d] (any strides: views of megatron-core's [s, b, heads, d] work), K/V
-with their num_query_groups heads (GQA); the log-sum-exp is float32 [b, heads, sq], over the
-scaled scores, -inf for a row that sees no key of the block. A block is one of three kinds:
-"full" (every query sees every key), "causal" (queries and keys are the same positions, key j
-visible to query i iff j <= i) and "masked" (a bool `visible` [b or 1, sq, skv], True where the
-query may attend).
+Tensors are [b, heads, s, d] (any strides with a unit last one: views of megatron-core's
+[s, b, heads, d] work), K/V with their num_query_groups heads (GQA); the log-sum-exp is float32
+[b, heads, sq], over the scaled scores, -inf for a row that sees no key of the block. A block is
+one of three kinds: "full" (every query sees every key), "causal" (queries and keys are the same
+positions, key j visible to query i iff j <= i) and "masked" (a bool `visible` [b or 1, sq, skv],
+True where the query may attend).
 
-Kernels, chosen by device and kind only (`block_kernel`): on CPU, full and causal blocks run
-torch's fused flash kernel `aten._scaled_dot_product_flash_attention_for_cpu` and its
-`_backward` (GQA native); masked blocks, and every block on CUDA and NPU, run the reference math
-(float32 softmax). The fused kernels of those devices also give a log-sum-exp (flash-attn's
-softmax_lse, npu_fusion_attention's softmax_max/softmax_sum) but are not used here: they have
-not been checked on a device against this math.
+Kernels, chosen by device, block kind and (on CUDA) dtype only (`block_kernel`): full and
+causal blocks run the device's fused kernel (attention_lse_kernels.py): on CPU torch's flash
+kernel for CPU, on NPU npu_fusion_attention / npu_fusion_attention_grad, on CUDA flash-attn's
+kernels for fp16/bf16 when the package is installed, else torch's memory-efficient kernel.
+Masked blocks, and every block on other devices, run the reference math (float32 softmax).
 """
 from __future__ import annotations
 
@@ -23,17 +22,17 @@ from typing import Optional, Tuple
 
 import torch
 
+from modellink.ops.attention_lse_kernels import KERNELS, fused_kernel
+
 BLOCK_KINDS = ("full", "causal", "masked")
 
-_cpu_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-_cpu_flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
-
-def block_kernel(device: torch.device, kind: str) -> str:
-    """"cpu-flash" or "reference": the kernel a block of `kind` runs on `device`."""
+def block_kernel(device: torch.device, kind: str, dtype: torch.dtype) -> str:
+    """The kernel a block of `kind` and `dtype` runs on `device`: a name in
+    attention_lse_kernels.KERNELS, or "reference"."""
     if kind not in BLOCK_KINDS:
         raise ValueError(f"unknown attention block kind {kind!r}")
-    return "cpu-flash" if device.type == "cpu" and kind != "masked" else "reference"
+    return (kind != "masked" and fused_kernel(device, dtype)) or "reference"
 
 
 def _finite(lse: torch.Tensor) -> torch.Tensor:
@@ -68,9 +67,10 @@ def attention_block(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                     ) -> Tuple[torch.Tensor, torch.Tensor]:
     """(out [b, heads, sq, d] in the query's dtype, lse float32 [b, heads, sq]) of the block;
     `visible` is read for kind "masked" only. A row that sees no key gets out 0, lse -inf."""
-    if block_kernel(query.device, kind) == "cpu-flash":
-        out, lse = _cpu_flash(query, key, value, 0.0, kind == "causal", scale=scale)
-        return out, lse
+    kernel = block_kernel(query.device, kind, query.dtype)
+    if kernel != "reference":
+        forward, _ = KERNELS[kernel]
+        return forward(query, key, value, kind == "causal", scale)
     b, heads, sq, dim = query.shape
     scores = _reference_scores(query, key, kind, visible, scale)
     lse = torch.logsumexp(scores, dim=-1)
@@ -100,10 +100,10 @@ def attention_block_backward(grad_out: torch.Tensor, query: torch.Tensor, key: t
     no key anywhere). With the global lse, P = exp(S * scale - lse) are the block's columns of the
     full softmax, so the shares summed over blocks are the full gradients:
     dV = P^T dO; dS = P * (dO V^T - rowsum(dO * O)); dQ = dS K * scale; dK = dS^T Q * scale."""
-    if block_kernel(query.device, kind) == "cpu-flash":
-        grads = _cpu_flash_backward(grad_out, query, key, value, out, lse, 0.0,
-                                    kind == "causal", scale=scale)
-        return tuple(grad.float() for grad in grads)
+    kernel = block_kernel(query.device, kind, query.dtype)
+    if kernel != "reference":
+        _, backward = KERNELS[kernel]
+        return backward(grad_out, query, key, value, out, lse, kind == "causal", scale)
     b, heads, sq, dim = query.shape
     groups, skv = key.shape[1], key.shape[2]
     scores = _reference_scores(query, key, kind, visible, scale)

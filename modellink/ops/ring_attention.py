@@ -228,8 +228,9 @@ def ring_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     [b or 1, 1, S, S], global indices, True = masked out) allows it. Returns [s, b, heads * d];
     differentiable in query, key and value. overlap posts the next K/V transfer before the
     current block's compute (`--use-cp-send-recv-overlap`); the results are the same.
-    Kernels per device: attention_lse.block_kernel (CPU: fused flash kernel for unmasked and
-    aligned-causal blocks, reference math for masked ones; CUDA and NPU: reference math)."""
+    Kernels per device: attention_lse.block_kernel (unmasked and aligned-causal blocks on the
+    device's fused kernel: torch's flash kernel for CPU, npu_fusion_attention, flash-attn or
+    torch's memory-efficient kernel on CUDA; masked blocks on the reference math)."""
     rows = query.shape[0]
     if (positions.dim() != 1 or positions.shape[0] != rows
             or positions.dtype not in (torch.int32, torch.int64)):

@@ -45,7 +45,7 @@ def layer_params(args: argparse.Namespace) -> Tuple[int, int]:
     qkv = (args.num_attention_heads + 2 * args.num_query_groups) * d // tp
     attention = h * qkv + (args.num_attention_heads * d // tp) * h
     attention += qkv if args.add_bias_linear or args.add_qkv_bias else 0
-    attention += h if args.add_bias_linear else 0
+    attention += h if args.add_bias_linear or args.add_dense_bias else 0
     attention += 2 * _norm(args, d) if args.qk_layernorm else 0
     norms = _norm(args, h) * (4 if args.post_norm else 2)
     if args.num_experts is None:

@@ -30,9 +30,10 @@ FILLED = ("num_layers", "hidden_size", "ffn_hidden_size", "seq_length", "num_att
 # Always the checkpoint's: they change what the saved weights compute, not only their shapes.
 FORCED = ("num_query_groups", "group_query_attention", "position_embedding_type",
           "rotary_base", "rotary_percent", "rotary_interleaved", "add_bias_linear",
-          "add_qkv_bias", "swiglu", "untie_embeddings_and_output_weights", "normalization",
-          "norm_epsilon", "apply_query_key_layer_scaling", "qk_layernorm", "num_experts",
-          "moe_ffn_hidden_size", "moe_router_topk", "moe_shared_expert_intermediate_size")
+          "add_qkv_bias", "add_dense_bias", "swiglu", "untie_embeddings_and_output_weights",
+          "normalization", "norm_epsilon", "apply_query_key_layer_scaling", "qk_layernorm",
+          "num_experts", "moe_ffn_hidden_size", "moe_router_topk", "moe_router_pre_softmax",
+          "moe_shared_expert_intermediate_size", "shared_expert_gate")
 
 
 def checkpoint_args_file(args: argparse.Namespace) -> str:

@@ -30,6 +30,7 @@ from megatron.core import parallel_state, tensor_parallel
 from modellink.checkpoint.mappings import EMBEDDING, OUTPUT
 from modellink.checkpoint.safe_load import load_pt
 from modellink.models.lora import load_weights, lora_enabled, saved_weights
+from modellink.models.value_head import is_reward_model, language_model_weights_for
 from modellink.training.checkpoint.retention import (
     prune_checkpoints,
     remove_partial_saves,
@@ -315,7 +316,9 @@ def _check_vocab(state: Dict[str, Any], args: argparse.Namespace, path: str) -> 
     for key, weights in state.items():
         if not (key.startswith("model") and isinstance(weights, dict)):
             continue
-        for name in (EMBEDDING, OUTPUT):
+        # A reward model's output layer is its [1, hidden] value head.
+        names = (EMBEDDING,) if is_reward_model(state.get("args")) else (EMBEDDING, OUTPUT)
+        for name in names:
             tensor = weights.get(name)
             if not isinstance(tensor, torch.Tensor):
                 continue
@@ -459,12 +462,16 @@ def _load_checkpoint(args: argparse.Namespace, model: List[torch.nn.Module], opt
     if part == "adapters":
         check_adapter_flags(state["args"], args, args.load)
 
+    if is_reward_model(state["args"]) and not is_reward_model(args):
+        raise CheckpointError(f"{rank_dir} holds a reward model (saved with --stage rm), not a "
+                              f"language model")
     keys = ["model"] if len(model) == 1 else [f"model{i}" for i in range(len(model))]
     for key, chunk in zip(keys, model):
         if key not in state:
             raise CheckpointError(f"{rank_dir}/{MODEL_FILENAME} has no {key!r} entry")
+        weights = language_model_weights_for(state[key], state["args"], args, _unwrap(chunk))
         try:
-            load_weights(_unwrap(chunk), state[key], part, args)
+            load_weights(_unwrap(chunk), weights, part, args)
         except RuntimeError as exc:
             first_line = str(exc).strip().splitlines()
             raise CheckpointError(f"{rank_dir}: weights do not fit the model built from the "

@@ -31,6 +31,7 @@ from modellink.training.data.instruction_data import (
     rows_longer_than,
 )
 from modellink.training.data.sampler import PretrainingSampler
+from modellink.models.value_head import is_reward_model
 from modellink.training.posttrain.pairwise_data import (
     PairwiseCollator,
     PairwiseDataset,
@@ -38,6 +39,7 @@ from modellink.training.posttrain.pairwise_data import (
     is_pairwise_prefix,
     pair_rows_longer_than,
 )
+from modellink.training.posttrain.rm_data import RewardCollator
 from modellink.user_error import UserError
 
 
@@ -158,7 +160,7 @@ def _check_prefix(flag: str, prefix: str, args: argparse.Namespace) -> int:
     if is_pairwise_prefix(prefix):
         raise DataError(f"{flag} {prefix} is a pairwise dataset "
                         f"({prefix}_packed_chosen_*_document): train on it with "
-                        f"--stage dpo --is-pairwise-dataset")
+                        f"--stage dpo|rm --is-pairwise-dataset")
     if args.is_instruction_dataset:
         return check_instruction_prefix(prefix)
     if not os.path.isfile(prefix + ".bin") and is_instruction_prefix(prefix):
@@ -301,7 +303,8 @@ def build_iterator(dataset: Any, args: argparse.Namespace, consumed_samples: int
     )
     collate = None
     if args.is_instruction_dataset:
-        collate = (PairwiseCollator if args.is_pairwise_dataset else InstructionCollator)(
+        collate = (RewardCollator if is_reward_model(args) else PairwiseCollator
+                   if args.is_pairwise_dataset else InstructionCollator)(
             args.seq_length, args.variable_seq_lengths,
             length_multiple(args.tensor_model_parallel_size, args.sequence_parallel,
                             args.pad_to_multiple_of, args.context_parallel_size),

@@ -40,11 +40,11 @@ def check_pairwise_prefix(prefix: str) -> int:
     if not is_pairwise_prefix(prefix):
         if is_instruction_prefix(prefix):
             raise DataError(f"--data-path {prefix} is instruction data "
-                            f"({prefix}_packed_input_ids_document), not pairs: --stage dpo needs "
-                            f"a pairwise handler's output (AlpacaStylePairwiseHandler)")
+                            f"({prefix}_packed_input_ids_document), not pairs: --stage dpo|rm "
+                            f"need a pairwise handler's output (AlpacaStylePairwiseHandler)")
         if os.path.isfile(prefix + ".bin"):
             raise DataError(f"--data-path {prefix} is a pretraining dataset ({prefix}.bin), not "
-                            f"pairs: --stage dpo needs a pairwise handler's output "
+                            f"pairs: --stage dpo|rm need a pairwise handler's output "
                             f"(AlpacaStylePairwiseHandler)")
     lengths = {}
     for key in PAIR_KEYS:

@@ -19,6 +19,7 @@ calls: List[Tuple[str, dict]] = []
 _groups: Dict[str, dist.ProcessGroup] = {}
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 _HALF = (torch.float16, torch.bfloat16)
+_SOFTMAX_STAT_WIDTH = 8  # npu_fusion_attention's softmax_max / softmax_sum: [B, N, S, 8]
 
 
 def _record(name: str, **info: object) -> None:
@@ -137,14 +138,82 @@ def npu_fusion_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
             mask=None if atten_mask is None else tuple(atten_mask.shape))
     rep = head_num // heads_kv
     k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    masked = _masked(sparse_mode, atten_mask, q.shape[2], k.shape[2], pre_tockens,
-                     next_tockens).to(q.device)
-    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
-    scores = scores.masked_fill(masked, -math.inf)
+    scores = _masked_scores(q, k, scale, sparse_mode, atten_mask, pre_tockens, next_tockens)
     probs = torch.softmax(scores, dim=-1)
     out = _from_bnsd(torch.matmul(probs.to(q.dtype), v), input_layout)
-    empty = torch.empty(0)
-    return out, empty, empty, empty, 0, 0, 0
+    # softmax_max / softmax_sum: float32 [B, N, Sq, 8], each row's value repeated 8 times;
+    # softmax_out is reserved (empty).
+    softmax_max = scores.amax(-1, keepdim=True)
+    softmax_sum = torch.exp(scores - softmax_max).sum(-1, keepdim=True)
+    width = (-1,) * 3 + (_SOFTMAX_STAT_WIDTH,)
+    return (out, softmax_max.expand(width).contiguous(), softmax_sum.expand(width).contiguous(),
+            torch.empty(0), 0, 0, 0)
+
+
+def _masked_scores(q: torch.Tensor, k: torch.Tensor, scale: float, sparse_mode: int,
+                   atten_mask: Optional[torch.Tensor], pre: int, nxt: int) -> torch.Tensor:
+    """Scaled float32 scores of BNSD q and (repeated) k, -inf where the mask hides the key."""
+    masked = _masked(sparse_mode, atten_mask, q.shape[2], k.shape[2], pre, nxt).to(q.device)
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
+    return scores.masked_fill(masked, -math.inf)
+
+
+def npu_fusion_attention_grad(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                              dy: torch.Tensor, head_num: int, input_layout: str, *,
+                              pse: Optional[torch.Tensor] = None,
+                              padding_mask: Optional[torch.Tensor] = None,
+                              atten_mask: Optional[torch.Tensor] = None,
+                              softmax_max: Optional[torch.Tensor] = None,
+                              softmax_sum: Optional[torch.Tensor] = None,
+                              softmax_in: Optional[torch.Tensor] = None,
+                              attention_in: Optional[torch.Tensor] = None,
+                              scale_value: float = 1.0, keep_prob: float = 1.0,
+                              pre_tockens: int = 2147483647, next_tockens: int = 2147483647,
+                              inner_precise: int = 0, seed: int = 0, offset: int = 0,
+                              numels: int = 0, prefix: Optional[List[int]] = None,
+                              actual_seq_qlen: Optional[List[int]] = None,
+                              actual_seq_kvlen: Optional[List[int]] = None, sparse_mode: int = 0,
+                              gen_mask_parallel: bool = True, sync: bool = False) -> tuple:
+    """(dq, dk, dv, dpse) of npu_fusion_attention, from the forward's softmax statistics and
+    output: P = exp(S - softmax_max) / softmax_sum, dS = P * (dy V^T - rowsum(dy * out))."""
+    assert input_layout in ("SBH", "BSH", "BSND", "BNSD"), input_layout
+    assert query.dtype in _FLOATS and key.dtype == value.dtype == query.dtype
+    assert pse is None and padding_mask is None and prefix is None and softmax_in is None
+    assert actual_seq_qlen is None and actual_seq_kvlen is None
+    assert keep_prob == 1.0 and (seed, offset, numels) == (0, 0, 0), "no dropout stream here"
+    assert sparse_mode in (0, 1, 2, 3, 4) and inner_precise in (0, 1)
+    assert atten_mask is None or atten_mask.dtype == torch.bool
+    assert attention_in is not None and softmax_max is not None and softmax_sum is not None
+    assert dy.dtype == attention_in.dtype == query.dtype
+    assert dy.shape == attention_in.shape == query.shape, (dy.shape, attention_in.shape)
+    q, d_out, out = (_to_bnsd(t, head_num, input_layout) for t in (query, dy, attention_in))
+    heads_kv = (key.shape[-1] // q.shape[-1] if input_layout in ("SBH", "BSH")
+                else key.shape[1 if input_layout == "BNSD" else 2])
+    k, v = (_to_bnsd(t, heads_kv, input_layout) for t in (key, value))
+    assert head_num % heads_kv == 0 and q.shape[-1] % 16 == 0 and q.shape[-1] <= 512
+    b, n, sq, dim = q.shape
+    for stat in (softmax_max, softmax_sum):
+        assert stat.dtype == torch.float32 and stat.shape == (b, n, sq, _SOFTMAX_STAT_WIDTH)
+        assert torch.equal(stat, stat[..., :1].expand_as(stat)), "one value repeated per row"
+    _record("npu_fusion_attention_grad", layout=input_layout, query=tuple(query.shape),
+            key=tuple(key.shape), head_num=head_num, sparse_mode=sparse_mode,
+            mask=None if atten_mask is None else tuple(atten_mask.shape))
+    rep = head_num // heads_kv
+    k32, v32 = (t.float().repeat_interleave(rep, dim=1) for t in (k, v))
+    scores = _masked_scores(q.float(), k32, scale_value, sparse_mode, atten_mask, pre_tockens,
+                            next_tockens)
+    probs = torch.exp(scores - softmax_max[..., :1]) / softmax_sum[..., :1]
+    d_out, out = d_out.float(), out.float()
+    d_scores = probs * (d_out @ v32.transpose(-1, -2) - (d_out * out).sum(-1, keepdim=True))
+    grad_q = d_scores @ k32 * scale_value
+    grad_k = d_scores.transpose(-1, -2) @ q.float() * scale_value
+    grad_v = probs.transpose(-1, -2) @ d_out
+
+    def per_group(grad: torch.Tensor) -> torch.Tensor:
+        return grad.view(b, heads_kv, rep, *grad.shape[2:]).sum(2)
+
+    grads = (grad_q, per_group(grad_k), per_group(grad_v))
+    return tuple(_from_bnsd(g.to(query.dtype), input_layout) for g in grads) + (torch.empty(0),)
 
 
 def _check_mc2(input: torch.Tensor, x2: torch.Tensor, hcom: str, world_size: int,
