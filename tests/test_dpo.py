@@ -34,6 +34,11 @@ def write_pairwise_dataset(prefix, count=32, seed=0):
         for side, response in responses.items():
             rows[f"{side}_input_ids"].append(prompt + response)
             rows[f"{side}_labels"].append([IGNORE] * len(prompt) + response)
+    return write_pair_files(prefix, rows)
+
+
+def write_pair_files(prefix, rows) -> str:
+    """The `_packed_{chosen,rejected}_{input_ids,labels}_document` files of `rows`."""
     for key, values in rows.items():
         path = f"{prefix}_packed_{key}_document"
         builder = IndexedDatasetBuilder(path + ".bin", dtype=numpy.int32)
@@ -43,11 +48,15 @@ def write_pairwise_dataset(prefix, count=32, seed=0):
     return str(prefix)
 
 
-def dpo_args(prefix, *extra):
+def pairwise_args(prefix, stage, *extra):
     args = [a for a in TINY_LLAMA if a != "--mock-data"]
     return args + ["--data-path", prefix, "--split", "100,0,0", "--tokenizer-type",
-                   "NullTokenizer", "--prompt-type", "empty", "--stage", "dpo",
+                   "NullTokenizer", "--prompt-type", "empty", "--stage", stage,
                    "--is-pairwise-dataset", "--train-iters", "3", "--lr", "1e-3", *extra]
+
+
+def dpo_args(prefix, *extra):
+    return pairwise_args(prefix, "dpo", *extra)
 
 
 # --- the loss against trl ---------------------------------------------------------------

@@ -12,7 +12,14 @@ from conftest import TINY_LLAMA, run_in_one_job
 from modellink.arguments import ArgumentError, parse_args
 from modellink.training.posttrain.rm_data import RewardCollator
 from modellink.training.posttrain.rm_step import RewardForwardStep
-from test_dpo import IGNORE, _plain_args, _pretraining_dataset, write_pairwise_dataset
+from test_dpo import (
+    IGNORE,
+    _plain_args,
+    _pretraining_dataset,
+    pairwise_args,
+    write_pair_files,
+    write_pairwise_dataset,
+)
 
 TIGHT = dict(rel=1e-5)
 
@@ -20,8 +27,6 @@ TIGHT = dict(rel=1e-5)
 def write_vocabulary_pairs(prefix, count, seed=0):
     """Pairs whose chosen response draws its tokens from ids [1, 50) and the rejected one from
     [50, 100) after a random prompt: a preference that held-out pairs share."""
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
     rng = numpy.random.default_rng(seed)
     rows = {f"{side}_{key}": [] for side in ("chosen", "rejected") for key in ("input_ids",
                                                                               "labels")}
@@ -31,20 +36,11 @@ def write_vocabulary_pairs(prefix, count, seed=0):
             response = rng.integers(low, low + 49, int(rng.integers(2, 6))).tolist()
             rows[f"{side}_input_ids"].append(prompt + response)
             rows[f"{side}_labels"].append([IGNORE] * len(prompt) + response)
-    for key, values in rows.items():
-        path = f"{prefix}_packed_{key}_document"
-        builder = IndexedDatasetBuilder(path + ".bin", dtype=numpy.int32)
-        for row in values:
-            builder.add_document(numpy.array(row, dtype=numpy.int32), [len(row)])
-        builder.finalize(path + ".idx")
-    return str(prefix)
+    return write_pair_files(prefix, rows)
 
 
 def rm_args(prefix, *extra):
-    args = [a for a in TINY_LLAMA if a != "--mock-data"]
-    return args + ["--data-path", prefix, "--split", "100,0,0", "--tokenizer-type",
-                   "NullTokenizer", "--prompt-type", "empty", "--stage", "rm",
-                   "--is-pairwise-dataset", "--train-iters", "3", "--lr", "1e-3", *extra]
+    return pairwise_args(prefix, "rm", *extra)
 
 
 # --- the loss and the rewards by hand --------------------------------------------------------

@@ -152,6 +152,16 @@ def flash_attn_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
     return out.transpose(0, 1).reshape(sq, b, -1)
 
 
+def refuse_bias_and_thd(attention_bias: Optional[torch.Tensor],
+                        packed_seq_params: Optional[PackedSeqParams]) -> None:
+    """megatron-core's core-attention inputs our attention does not take."""
+    if attention_bias is not None:
+        raise ValueError("modellink attention does not take an attention bias")
+    if packed_seq_params is not None:
+        raise ValueError("packed THD sequences are not supported: packed samples reach "
+                         "attention as a per-batch mask (--reset-attention-mask)")
+
+
 class FlashSelfAttention(MegatronModule):
     """Drop-in for megatron-core's DotProductAttention; `settings` comes from the layer spec."""
 
@@ -199,11 +209,7 @@ class FlashSelfAttention(MegatronModule):
                 attn_mask_type: Optional[AttnMaskType] = None,
                 attention_bias: Optional[torch.Tensor] = None,
                 packed_seq_params: Optional[PackedSeqParams] = None) -> torch.Tensor:
-        if attention_bias is not None:
-            raise ValueError("modellink attention does not take an attention bias")
-        if packed_seq_params is not None:
-            raise ValueError("packed THD sequences are not supported: packed samples reach "
-                             "attention as a per-batch mask (--reset-attention-mask)")
+        refuse_bias_and_thd(attention_bias, packed_seq_params)
         dropout_p = self.dropout_p if self.training else 0.0
         path, sq, skv = self.settings.path, query.shape[0], key.shape[0]
         with self._dropout_rng():

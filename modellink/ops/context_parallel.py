@@ -28,7 +28,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.utils import get_pg_rank, get_pg_size
 
 from modellink.argument_errors import ArgumentError
-from modellink.ops.attention import AttentionSettings, FlashSelfAttention
+from modellink.ops.attention import AttentionSettings, FlashSelfAttention, refuse_bias_and_thd
 from modellink.ops.ring_attention import ring_attention
 from modellink.ops.ulysses_attention import kv_repeat_factor, ulysses_attention
 
@@ -138,11 +138,7 @@ class ContextParallelAttention(FlashSelfAttention):
                 attn_mask_type: Optional[AttnMaskType] = None,
                 attention_bias: Optional[torch.Tensor] = None,
                 packed_seq_params: Optional[PackedSeqParams] = None) -> torch.Tensor:
-        if attention_bias is not None:
-            raise ValueError("context-parallel attention does not take an attention bias")
-        if packed_seq_params is not None:
-            raise ValueError("packed THD sequences are not supported with context parallelism: "
-                             "packed samples reach attention as a per-batch mask")
+        refuse_bias_and_thd(attention_bias, packed_seq_params)
         positions = local_positions(query.shape[0], get_pg_rank(self._cp_group),
                                     get_pg_size(self._cp_group), query.device)
         if self._ulysses_group is None:
