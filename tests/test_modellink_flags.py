@@ -3,6 +3,7 @@ yet fail with what ModelLink uses them for, and ModelLink's spellings and defaul
 RoPE base, MC2, timeout, sampling) have their effect."""
 import argparse
 import re
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Dict, List, Tuple
@@ -144,6 +145,25 @@ def test_rope_spellings_build_the_same_model_with_a_float_base():
                              use_cpu_initialization=True)
     want = 1.0 / (500000.0 ** (torch.arange(0, 16, 2, dtype=torch.float64) / 16))
     torch.testing.assert_close(rotary.inv_freq.double(), want, rtol=1e-6, atol=0)
+
+
+def test_distributed_timeout_reaches_every_process_group():
+    """megatron-core creates the TP/PP/DP/CP groups with a timeout of its own (30 minutes)
+    unless it is handed the flag's."""
+    from megatron.core import parallel_state
+    from modellink.training.initialize import initialize, shutdown
+    from test_inference_generate import single_process_env
+    with single_process_env():
+        initialize(parse_args(BASE + ["--device", "cpu", "--distributed-timeout-minutes", "7"]))
+        try:
+            groups = [torch.distributed.group.WORLD, parallel_state.get_data_parallel_group(),
+                      parallel_state.get_tensor_model_parallel_group(),
+                      parallel_state.get_pipeline_model_parallel_group(),
+                      parallel_state.get_context_parallel_group()]
+            timeouts = [g._get_backend(torch.device("cpu")).options._timeout for g in groups]
+        finally:
+            shutdown()
+    assert timeouts == [timedelta(minutes=7)] * len(groups)
 
 
 def test_modellink_defaults_for_timeout_and_sampling(tmp_path):

@@ -68,6 +68,8 @@ def initialize(args: argparse.Namespace) -> backends.Backend:
         hierarchical_context_parallel_sizes=hierarchical_sizes(args),
         expert_model_parallel_size=args.expert_model_parallel_size,
         num_distributed_optimizer_instances=optimizer_instances(args),
+        # Otherwise the TP/PP/DP/CP groups keep megatron-core's 30 minutes, whatever the flag.
+        distributed_timeout_minutes=args.distributed_timeout_minutes,
     )
     init_num_microbatches_calculator(
         torch.distributed.get_rank(), args.rampup_batch_size, args.global_batch_size,
