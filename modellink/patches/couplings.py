@@ -55,6 +55,7 @@ SUBCLASSES = [
     "modellink.models.decoding_layer.DecodingTransformerLayer",
     "modellink.models.gpt.YarnTransformerConfig",
     "modellink.models.gpt_model.ModelLinkGPTModel",
+    "modellink.models.layer_spec.DenseBiasRowParallelLinear",
     "modellink.models.layer_spec._ModelLinkSpecProvider",
     "modellink.models.sandwich_layer.SandwichLayerSubmodules",
     "modellink.models.sandwich_layer.SandwichNormLayer",
