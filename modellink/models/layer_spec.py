@@ -131,11 +131,11 @@ class _DenseBias:
 
 
 class DenseBiasRowParallelLinear(_DenseBias, RowParallelLinear):
-    pass
+    """The attention output projection with its bias under --add-dense-bias."""
 
 
 class DenseBiasMC2RowParallelLinear(_DenseBias, MC2RowParallelLinear):
-    pass
+    """The same on NPU's MC2 kernels (--use-mc2)."""
 
 
 def _self_attention_spec(ops: OperatorChoices, qk_norm: ModuleSpec,

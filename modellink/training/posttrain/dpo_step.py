@@ -17,9 +17,9 @@ from typing import Callable, Dict, Iterator, List, Tuple
 import torch
 from megatron.core.utils import get_attr_wrapped_model
 
-from modellink.training.numerics import check_loss
 from modellink.training.posttrain.dpo_loss import PairLogps, dpo_losses
 from modellink.training.posttrain.reference import Reference
+from modellink.training.posttrain.report import pair_loss_report
 
 # Rows through the model per pair: chosen and rejected, for the policy and the reference.
 ROWS_PER_PAIR = 4
@@ -68,19 +68,9 @@ class DPOForwardStep:
                           sequence[rows + pairs:], tokens[:pairs], tokens[pairs:])
         result = dpo_losses(logps, self.args.dpo_beta, self.args.dpo_loss_type,
                             self.args.dpo_label_smoothing, self.args.pref_ftx)
-        loss_sum = result.losses.sum()
-        if self.args.check_for_nan_in_loss_and_grad:
-            check_loss(loss_sum)
-        count = torch.tensor(float(pairs), device=output.device)
-        sums = {
-            "lm loss": loss_sum.detach(),
-            "rewards/chosen": result.chosen_rewards.sum(),
-            "rewards/rejected": result.rejected_rewards.sum(),
-            "rewards/accuracies": (result.chosen_rewards > result.rejected_rewards).float().sum(),
-            "rewards/margins": (result.chosen_rewards - result.rejected_rewards).sum(),
-            "logps/chosen": logps.chosen.detach().sum(),
-            "logps/rejected": logps.rejected.detach().sum(),
-        }
-        report = {key: torch.stack([value, count]) for key, value in sums.items()}
-        return loss_sum, count.to(torch.int), report
+        return pair_loss_report(
+            result.losses.sum(), result.chosen_rewards, result.rejected_rewards,
+            self.args.check_for_nan_in_loss_and_grad,
+            **{"logps/chosen": logps.chosen.detach().sum(),
+               "logps/rejected": logps.rejected.detach().sum()})
 

@@ -16,7 +16,7 @@ from typing import Callable, Dict, Iterator, Tuple
 import torch
 import torch.nn.functional as F
 
-from modellink.training.numerics import check_loss
+from modellink.training.posttrain.report import pair_loss_report
 
 # Rows through the model per pair: chosen and rejected.
 ROWS_PER_PAIR = 2
@@ -55,16 +55,5 @@ class RewardForwardStep:
         rewards = sequence_rewards(output, score_mask)
         pairs = rewards.shape[0] // 2
         result = bradley_terry_losses(rewards[:pairs], rewards[pairs:])
-        loss_sum = result.losses.sum()
-        if self.check_nan:
-            check_loss(loss_sum)
-        count = torch.tensor(float(pairs), device=output.device)
-        sums = {
-            "lm loss": loss_sum.detach(),
-            "rewards/chosen": result.chosen.sum(),
-            "rewards/rejected": result.rejected.sum(),
-            "rewards/accuracies": (result.chosen > result.rejected).float().sum(),
-            "rewards/margins": (result.chosen - result.rejected).sum(),
-        }
-        report = {key: torch.stack([value, count]) for key, value in sums.items()}
-        return loss_sum, count.to(torch.int), report
+        return pair_loss_report(result.losses.sum(), result.chosen, result.rejected,
+                                self.check_nan)
