@@ -5,7 +5,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import pytest
 
@@ -56,12 +56,29 @@ def run_ranks(args: List[str], nproc: int, history: Optional[Path] = None,
 def run_in_one_job(runs: list, nproc: int) -> subprocess.CompletedProcess:
     """tests/launch_pretrain_runs.py under torchrun: `runs` (pretrain() argument lists and
     what to do around each) one after the other in one job, to share its start-up."""
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}", OMP_NUM_THREADS="1",
-               MODELLINK_CPU_THREADS="1", PYTHONWARNINGS="ignore",
-               MODELLINK_TEST_RUNS=json.dumps(runs))
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
            f"--master-port={_free_port()}", str(ROOT / "tests" / "launch_pretrain_runs.py")]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, env=_runs_env(runs), capture_output=True, text=True, timeout=600)
+
+
+def _runs_env(runs: list) -> dict:
+    return dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}", OMP_NUM_THREADS="1",
+                MODELLINK_CPU_THREADS="1", PYTHONWARNINGS="ignore",
+                MODELLINK_TEST_RUNS=json.dumps(runs))
+
+
+def run_optimizer_probe(runs: list, out: Path) -> Any:
+    """tests/optimizer_probe.py on one process without a launcher: `runs` one after the other,
+    the optimizer's records of each written to `out` and returned."""
+    env = _runs_env(runs)
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "optimizer_probe.py"),
+                             str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    import torch  # here, not at the top: conftest is read before every test, torch or not
+
+    return torch.load(out, weights_only=False)
 
 
 def train_history(tmp_path: Path, args: List[str], nproc: int, name: str = "history") -> dict:

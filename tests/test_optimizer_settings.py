@@ -4,16 +4,12 @@ so a flag that is dropped on the way to megatron-core shows).
 
 One single-rank job (tests/optimizer_probe.py) runs every case; steps count samples, so each
 case uses --global-batch-size 2 and the formulas below count iterations x 2."""
-import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import run_optimizer_probe
 
 MODEL = [
     "--num-layers", "2", "--hidden-size", "32", "--ffn-hidden-size", "64",
@@ -55,15 +51,7 @@ def records(tmp_path_factory):
     out = tmp_path_factory.mktemp("optimizer") / "records.pt"
     runs = [{"name": name, "args": MODEL + flags, "capture_update": name == "clip"}
             for name, flags in RUNS.items()]
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}", OMP_NUM_THREADS="1",
-               MODELLINK_CPU_THREADS="1", PYTHONWARNINGS="ignore",
-               MODELLINK_TEST_RUNS=json.dumps(runs))
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    result = subprocess.run([sys.executable, str(ROOT / "tests" / "optimizer_probe.py"),
-                             str(out)], env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return torch.load(out, weights_only=False)
+    return run_optimizer_probe(runs, out)
 
 
 def decayed_groups(record):

@@ -4,15 +4,11 @@ torch's RNG state right after the load, compared with what the checkpoint holds.
 One single-rank job (tests/optimizer_probe.py): train 2 iterations with Adam and dropout (so
 the moments are non-zero and the RNG has moved) of a 3-iteration run, save, then resume
 twice."""
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import run_optimizer_probe
 from test_optimizer_settings import MODEL
 
 TRAIN = MODEL + ["--hidden-dropout", "0.1", "--lr", "1e-3", "--lr-decay-style", "constant",
@@ -31,17 +27,10 @@ def records(tmp_path_factory):
         {"name": "restored", "args": TRAIN + ["--train-iters", "3", "--load", ckpt]},
     ]
     out = root / "records.pt"
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}", OMP_NUM_THREADS="1",
-               MODELLINK_CPU_THREADS="1", PYTHONWARNINGS="ignore",
-               MODELLINK_TEST_RUNS=json.dumps(runs))
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    result = subprocess.run([sys.executable, str(ROOT / "tests" / "optimizer_probe.py"),
-                             str(out)], env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    records = run_optimizer_probe(runs, out)
     saved_rng = torch.load(root / "ckpt" / "iter_0000002" / "mp_rank_00" / "model_optim_rng.pt",
                            weights_only=False)["rng_state"][0]["torch_rng_state"]
-    return torch.load(out, weights_only=False), saved_rng
+    return records, saved_rng
 
 
 def test_adam_moments_are_restored_by_default(records):
