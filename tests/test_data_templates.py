@@ -10,7 +10,8 @@ from modellink.data.templates import TEMPLATES, get_template
 from modellink.data.tokenizers import add_tokenizer_arguments, build_tokenizer
 
 REQUIRED = {"empty", "default", "alpaca", "llama2", "llama3", "chatml", "qwen", "qwen3", "mistral", "mixtral",
-            "gemma", "chatglm3"}
+            "gemma", "chatglm3", "chatglm3_system", "chatglm2", "glm4", "chatml_de", "baichuan2", "cpm",
+            "deepseek2", "deepseek2-lite", "minicpm3"}
 CONVERSATION = [{"role": "user", "content": "1 + 2 ="}, {"role": "assistant", "content": "3"},
                 {"role": "user", "content": "2 + 2 ="}, {"role": "assistant", "content": "4"}]
 
@@ -56,11 +57,24 @@ def test_exact_text_of_common_templates(tokenizer):
         "gemma": ("<s><start_of_turn>user\n1 + 2 =<end_of_turn>\n<start_of_turn>model\n", "3</s>"),
         "chatglm3": ("[gMASK]sop<|user|>\n1 + 2 =<|assistant|>", "\n3</s>"),
         "default": ("Human: 1 + 2 =\nAssistant:", "3</s>"),
+        "glm4": ("[gMASK]<sop><|user|>\n1 + 2 =<|assistant|>", "\n3</s>"),
+        "chatglm2": ("[gMASK]sop[Round 1]\n\n问：1 + 2 =\n\n答：", "3</s>"),
+        "deepseek2": ("<s>User: 1 + 2 =\n\nAssistant:", "3</s>"),
+        "chatml_de": ("<|im_start|>system\nDu bist ein freundlicher und hilfsbereiter KI-Assistent.<|im_end|>\n"
+                      "<|im_start|>user\n1 + 2 =<|im_end|>\n<|im_start|>assistant\n", "3<|im_end|>"),
     }
     for name, (prompt, response) in expect.items():
         system = "Be brief." if name == "llama2" else None
         turns = get_template(name).encode_multiturn(tokenizer, CONVERSATION[:2], system)
         assert (hf.decode(turns[0][0]), hf.decode(turns[0][1])) == (prompt, response), name
+
+
+def test_chatglm2_numbers_rounds_from_one(tokenizer):
+    hf = tokenizer.hf_tokenizer
+    turns = get_template("chatglm2").encode_multiturn(tokenizer, CONVERSATION)
+    assert hf.decode(turns[1][0]) == "\n\n[Round 2]\n\n问：2 + 2 =\n\n答："
+    leaked = get_template("chatglm2").encode_multiturn(tokenizer, [{"role": "user", "content": "{{idx}}"}])
+    assert "[Round 1]" in hf.decode(leaked[0][0]) and "{{idx}}" in hf.decode(leaked[0][0])
 
 
 def test_pieces_are_encoded_separately(tokenizer):

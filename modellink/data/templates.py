@@ -84,6 +84,35 @@ TEMPLATE_DEFINITIONS: Tuple[dict, ...] = (
      "system": [{"token": "<|system|>"}, "\n", "{{content}}"],
      "observation": [{"token": "<|observation|>"}, "\n", "{{content}}", {"token": "<|assistant|>"}],
      "stop_words": ["<|user|>", "<|observation|>"], "efficient_eos": True},
+    # ChatGLM3's system prompt carries the [gMASK]sop prefix, so a conversation always has one.
+    {"name": "chatglm3_system",
+     "user": [{"token": "<|user|>"}, "\n", "{{content}}", {"token": "<|assistant|>"}],
+     "assistant": ["\n", "{{content}}"],
+     "system": [{"token": "[gMASK]"}, {"token": "sop"}, {"token": "<|system|>"}, "\n", "{{content}}"],
+     "observation": [{"token": "<|observation|>"}, "\n", "{{content}}", {"token": "<|assistant|>"}],
+     "default_system": "You are ChatGLM3, a large language model trained by Zhipu.AI. Follow the "
+                       "user's instructions carefully. Respond using markdown.",
+     "stop_words": ["<|user|>", "<|observation|>"], "efficient_eos": True},
+    # ChatGLM2 numbers its rounds from 1, as its own build_prompt does.
+    {"name": "chatglm2", "prefix": [{"token": "[gMASK]"}, {"token": "sop"}],
+     "user": ["[Round {{idx}}]\n\n问：{{content}}\n\n答："], "separator": ["\n\n"],
+     "efficient_eos": True},
+    # GLM-4's role markers are text that its tokenizer maps to single tokens.
+    {"name": "glm4", "prefix": ["[gMASK]<sop>"], "user": ["<|user|>\n{{content}}<|assistant|>"],
+     "assistant": ["\n{{content}}"], "system": ["<|system|>\n{{content}}"],
+     "observation": ["<|observation|>\n{{content}}<|assistant|>"],
+     "stop_words": ["<|user|>", "<|observation|>"], "efficient_eos": True},
+    {"name": "chatml_de",
+     "user": ["<|im_start|>user\n{{content}}<|im_end|>\n<|im_start|>assistant\n"],
+     "system": ["<|im_start|>system\n{{content}}<|im_end|>\n"],
+     "observation": ["<|im_start|>tool\n{{content}}<|im_end|>\n<|im_start|>assistant\n"],
+     "separator": ["\n"], "default_system": "Du bist ein freundlicher und hilfsbereiter KI-Assistent.",
+     "stop_words": ["<|im_end|>", "<|im_start|>"], "replace_eos": True},
+    # Baichuan 2's chat markers; the model's tokenizer has them as special tokens.
+    {"name": "baichuan2", "user": ["<reserved_106>{{content}}<reserved_107>"], "efficient_eos": True},
+    {"name": "cpm", "prefix": [BOS], "user": ["<用户>{{content}}<AI>"]},
+    *({"name": name, "prefix": [BOS], "user": ["User: {{content}}\n\nAssistant:"],
+       "system": ["{{content}}\n\n"]} for name in ("deepseek2", "deepseek2-lite", "minicpm3")),
 )
 
 
@@ -138,7 +167,7 @@ class Template:
                 slots += self.separator
             role = message["role"]
             fmt = {"user": self.user, "observation": self.observation}.get(role, self.assistant)
-            slots += _fill(fmt, content)
+            slots += _fill(fmt, content, round_number=i // 2 + 1)
             rendered.append(slots)
         return [(rendered[i], rendered[i + 1] if i + 1 < len(rendered) else [])
                 for i in range(0, len(rendered), 2)]
@@ -189,8 +218,10 @@ class Template:
         return sorted({i for i in ids if i is not None})
 
 
-def _fill(slots: Sequence[Slot], content: str) -> List[Slot]:
-    return [s.replace("{{content}}", content) if isinstance(s, str) else s for s in slots]
+def _fill(slots: Sequence[Slot], content: str, round_number: int = 1) -> List[Slot]:
+    """Slots with the message (and, for ChatGLM2, the 1-based round number) substituted."""
+    return [s.replace("{{idx}}", str(round_number)).replace("{{content}}", content)
+            if isinstance(s, str) else s for s in slots]
 
 
 def _check_roles(messages: Sequence[Message]) -> None:
