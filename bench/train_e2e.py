@@ -29,6 +29,8 @@ from typing import Dict, List
 
 import torch
 
+from llama_flags import llama_architecture_flags
+
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
@@ -74,13 +76,7 @@ def _flops(cfg: dict) -> float:
 def _modellink(cfg: dict, flags: List[str], iters: int, device: str) -> Dict[str, object]:
     from modellink.training.pretrain import pretrain
 
-    argv = [
-        "--num-layers", str(cfg["layers"]), "--hidden-size", str(cfg["hidden"]),
-        "--ffn-hidden-size", str(cfg["ffn"]), "--num-attention-heads", str(cfg["heads"]),
-        "--group-query-attention", "--num-query-groups", str(cfg["groups"]),
-        "--seq-length", str(cfg["seq"]), "--max-position-embeddings", str(cfg["seq"]),
-        "--normalization", "RMSNorm", "--swiglu", "--position-embedding-type", "rope",
-        "--disable-bias-linear", "--untie-embeddings-and-output-weights",
+    argv = llama_architecture_flags(cfg) + [
         "--attention-dropout", "0", "--hidden-dropout", "0", "--mock-data",
         "--vocab-size", str(cfg["vocab"] - 1), "--padded-vocab-size", str(cfg["vocab"]),
         "--micro-batch-size", str(cfg["micro"]), "--global-batch-size", str(cfg["batch"]),

@@ -18,6 +18,7 @@ from modellink.context_parallel_args import (add_context_parallel_arguments,
 from modellink.data.tokenizers import add_tokenizer_arguments
 from modellink.modellink_flags import add_unsupported_flags, no_effect_notes
 from modellink.models.feature_args import add_model_feature_arguments, validate_model_features
+from modellink.models.mla import add_mla_arguments, validate_mla_args
 from modellink.models.moe import add_moe_arguments, validate_moe_args
 from modellink.training.finetune_args import add_finetune_arguments, validate_finetune_args
 from modellink.training.lora_args import add_lora_arguments, validate_lora_args
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_args(parser)
     _add_mixed_precision_args(parser)
     add_moe_arguments(parser)
+    add_mla_arguments(parser)
     _add_data_args(parser)
     add_tokenizer_arguments(parser)
     add_finetune_arguments(parser)
@@ -436,6 +438,7 @@ def validate_args(args: argparse.Namespace) -> None:
     _validate_batch(args)
     _validate_training(args)
     _validate_fused_ops(args)
+    validate_mla_args(args)
     validate_resilience_args(args)
     validate_posttrain_args(args)  # before the fine-tuning checks: dpo implies instruction data
     validate_finetune_args(args)

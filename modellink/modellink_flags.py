@@ -32,22 +32,12 @@ UNSUPPORTED: Dict[str, str] = {
     "--embedding-multiplier-scale": "multiplies the word embeddings by a constant (Grok)",
     "--output-multiplier-scale": "multiplies the output logits by a constant (Grok)",
     "--input-jitter": "multiplicative noise on the MoE router input",
-    "--scale-emb": "MiniCPM's embedding scale",
-    "--dim-model-base": "MiniCPM's logit scale base width",
-    "--scale-depth": "MiniCPM's residual scale by depth",
     "--square-alibi-mask": "square (not causal-only) ALiBi bias matrix",
     "--fill-neg-inf": "fills the masked ALiBi positions with -inf",
     "--spec": "builds layers from a named module's layer spec",
     "--no-create-attention-mask-in-dataloader": "leaves the attention mask out of the data "
                                                 "loader",
     # Megatron-LM training flags ModelLink inherits
-    # multi-head latent attention (DeepSeek-V2)
-    "--multi-head-latent-attention": "DeepSeek-V2 multi-head latent attention",
-    "--q-lora-rank": "low rank of the MLA query projection",
-    "--kv-lora-rank": "low rank of the MLA key/value projection",
-    "--v-head-dim": "MLA value head size",
-    "--qk-rope-head-dim": "MLA query/key channels with RoPE",
-    "--qk-nope-head-dim": "MLA query/key channels without RoPE",
     # mixture of experts
     "--expert-interval": "MoE layer in every N-th layer",
     "--moe-train-capacity-factor": "expert capacity of the legacy SwitchMLP MoE layer, not built "
@@ -58,16 +48,9 @@ UNSUPPORTED: Dict[str, str] = {
     "--noisy-gate-policy": "noise in the MoE gate (Jitter or RSample)",
     "--enable-token-rearrange-opt": "faster token permutation in the MoE layer",
     "--shared-expert-gate-output-dimension": "output width of the shared-expert gate",
-    "--moe-intermediate-size": "DeepSeek MoE expert hidden size",
-    "--n-shared-experts": "DeepSeek MoE shared experts",
-    "--norm-topk-prob": "renormalises the chosen experts' weights",
-    "--seq-aux": "per-sequence MoE auxiliary loss",
-    "--first-k-dense-replace": "the first K layers are dense, not MoE",
-    "--moe-layer-freq": "MoE layer frequency",
-    "--moe-device-level-aux-loss-coeff": "DeepSeek device-level balance loss weight",
-    "--moe-comm-aux-loss-coeff": "DeepSeek communication balance loss weight",
     # preference training
-    "--dpo-ftx": "weight of the supervised loss in DPO",
+    "--dpo-ftx": "declared beside --pref-ftx with the same help, but its DPO trainer never "
+                 "reads it: only --pref-ftx weights the supervised loss, there and here",
 }
 
 

@@ -91,3 +91,23 @@ def train_history(tmp_path: Path, args: List[str], nproc: int, name: str = "hist
 @pytest.fixture
 def tiny_llama() -> List[str]:
     return list(TINY_LLAMA)
+
+
+@pytest.fixture
+def one_rank(tmp_path):
+    """One CPU gloo process with megatron-core's model-parallel state, for tests that build
+    modules in-process."""
+    import torch
+    from megatron.core import parallel_state, tensor_parallel
+    from megatron.core.transformer.moe.moe_utils import clear_aux_losses_tracker
+    from modellink import backend
+
+    backend.activate(backend.resolve("cpu"))
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/store",
+                                         rank=0, world_size=1)
+    parallel_state.initialize_model_parallel(1, 1)
+    tensor_parallel.model_parallel_cuda_manual_seed(0)
+    yield
+    clear_aux_losses_tracker()
+    parallel_state.destroy_model_parallel()
+    torch.distributed.destroy_process_group()

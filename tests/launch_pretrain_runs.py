@@ -1,10 +1,12 @@
 """Run under torchrun: several `pretrain()` runs, one after the other, in the same processes.
 
 MODELLINK_TEST_RUNS is a JSON list of runs {"args": [...], "history": PATH or null, "fail":
-"N:R[,R...]" (optional, as MODELLINK_TEST_FAIL)}. A failing run ends the job, so it comes
+"N:R[,R...]" (optional, as MODELLINK_TEST_FAIL), "capture": PATH (optional: each step recorded
+there, see tests/step_capture.py)}. A failing run ends the job, so it comes
 last. Between runs the default process group stays up: one initialised again in the same
 process would read its predecessor's rendezvous keys in torchrun's store.
 """
+import contextlib
 import json
 import os
 import sys
@@ -14,6 +16,7 @@ from megatron.core.num_microbatches_calculator import destroy_num_microbatches_c
 
 import launch_pretrain
 from launch_faulty_pretrain import inject_failure
+from step_capture import capturing
 from modellink.errors import run_cli
 from modellink.training import pretrain
 
@@ -30,7 +33,9 @@ def main() -> None:
         pretrain.shutdown = full_shutdown if index == len(runs) - 1 else _keep_process_group
         if run.get("fail"):
             inject_failure(run["fail"])
-        launch_pretrain.main(run["args"], run.get("history"))
+        capture = capturing(run["capture"]) if run.get("capture") else contextlib.nullcontext()
+        with capture:
+            launch_pretrain.main(run["args"], run.get("history"))
 
 
 if __name__ == "__main__":

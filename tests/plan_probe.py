@@ -1,6 +1,8 @@
 """Run under torchrun (or alone): several one-step `pretrain()` runs in the same processes;
 after the first step of each, record on every rank the planner's bytes for this rank's stage
-next to the tensor bytes the built model, DDP buffers and optimizer actually hold.
+next to the tensor bytes the built model, DDP buffers and optimizer actually hold, and the
+planner's activation peak next to the peak of tensors autograd kept alive for backward during
+that step (unique storages, counted through saved-tensor hooks, weights left out).
 
 MODELLINK_TEST_RUNS is a JSON list of pretrain() argument lists; the records go to
 `<first argument>/<run index>.<rank>.json` (tests/test_plan.py).
@@ -42,14 +44,57 @@ def measured(model: List[torch.nn.Module], optimizer: Any) -> Dict[str, int]:
             "optimizer": state}
 
 
+class SavedTensorPeak:
+    """Live bytes of the storages autograd saves for backward, and their peak. Each saved
+    tensor is packed into a holder; autograd drops the holder when it frees the graph (after
+    backward, or when a recomputed chunk is done), which releases the storage's count."""
+
+    def __init__(self, model: List[torch.nn.Module]) -> None:
+        self.weights = {p.untyped_storage().data_ptr() for chunk in model for p in chunk.parameters()}
+        self.holders: Dict[int, int] = {}
+        self.live = self.peak = 0
+
+    def pack(self, tensor: torch.Tensor) -> Any:
+        storage = tensor.untyped_storage()
+        key = storage.data_ptr()
+        if key in self.weights or storage.nbytes() == 0:
+            return tensor
+        if self.holders.get(key, 0) == 0:
+            self.live += storage.nbytes()
+            self.peak = max(self.peak, self.live)
+        self.holders[key] = self.holders.get(key, 0) + 1
+        return _Held(self, key, storage.nbytes(), tensor)
+
+    def release(self, key: int, nbytes: int) -> None:
+        self.holders[key] -= 1
+        if self.holders[key] == 0:
+            self.live -= nbytes
+
+    @staticmethod
+    def unpack(held: Any) -> torch.Tensor:
+        return held.tensor if isinstance(held, _Held) else held
+
+
+class _Held:
+    def __init__(self, owner: SavedTensorPeak, key: int, nbytes: int, tensor: torch.Tensor) -> None:
+        self.owner, self.key, self.nbytes, self.tensor = owner, key, nbytes, tensor
+
+    def __del__(self) -> None:
+        self.owner.release(self.key, self.nbytes)
+
+
 def _recording_train_step(out: str, original: Any) -> Any:
     def train_step(model, optimizer, scheduler, data_iterators, args, *rest, **kwargs):
-        result = original(model, optimizer, scheduler, data_iterators, args, *rest, **kwargs)
+        saved = SavedTensorPeak(model)
+        with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+            result = original(model, optimizer, scheduler, data_iterators, args, *rest, **kwargs)
         if not os.path.exists(out):
             stage = estimate(args).stages[parallel_state.get_pipeline_model_parallel_rank()]
-            record = {"measured": measured(model, optimizer),
+            record = {"measured": dict(measured(model, optimizer), activations=saved.peak),
                       "planned": {"weights": stage.weights, "grads": stage.grads,
-                                  "optimizer": stage.optimizer}}
+                                  "optimizer": stage.optimizer,
+                                  "activations": stage.activations.total,
+                                  "peak": stage.peak}}
             with open(out, "w") as f:
                 json.dump(record, f)
         return result

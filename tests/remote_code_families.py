@@ -1,14 +1,15 @@
 """Tiny checkpoints of the trust_remote_code families, in their published layouts.
 
-transformers has no classes for Baichuan2, Aquila, InternLM, InternLM2 or ChatGLM3 and no code
-may be downloaded, so each case is a transformers model that computes the same function (Llama
-for Baichuan2-7B, Aquila and InternLM2; Llama with attention_bias, which puts biases on q/k/v
-and o as InternLM's modeling code does, for InternLM; GLM-4's GlmForCausalLM for ChatGLM3: RoPE
-on half of each head's channels, adjacent pairs rotated, QKV bias, RMSNorm, SwiGLU, untied
-head), whose state dict is rewritten here into the family's own tensor names, fused layouts
-and config.json. Baichuan2-13B (ALiBi) has no transformers counterpart; its reference is its
-forward pass, written out below over a Llama's weights. All of this follows the families'
-modeling code, independently of modellink.
+transformers has no classes for Baichuan, Baichuan2, Aquila, InternLM, InternLM2, ChatGLM3 or
+MiniCPM and no code may be downloaded, so each case is a transformers model that computes the
+same function (Llama for Baichuan-7B, Baichuan2-7B, Aquila and InternLM2; Llama with
+attention_bias, which puts biases on q/k/v and o as InternLM's modeling code does, for InternLM;
+GLM-4's GlmForCausalLM for ChatGLM3: RoPE on half of each head's channels, adjacent pairs
+rotated, QKV bias, RMSNorm, SwiGLU, untied head), whose state dict is rewritten here into the
+family's own tensor names, fused layouts and config.json. Baichuan-13B and Baichuan2-13B
+(ALiBi) and MiniCPM (muP scales) have no transformers counterpart; their reference is their
+forward pass, written out below over a Llama's weights. All of this follows the families' modeling code, independently of
+modellink.
 """
 from __future__ import annotations
 
@@ -58,10 +59,29 @@ def _baichuan2(sd: State, c: transformers.PretrainedConfig) -> Tuple[State, Dict
     return out, config
 
 
+def _baichuan(sd: State, c: transformers.PretrainedConfig) -> Tuple[State, Dict[str, Any]]:
+    """Baichuan-7B: Baichuan2-7B's tensors (its head used as it is) under Baichuan-7B's
+    config.json, whose classes are spelled BaiChuan."""
+    tensors, config = _baichuan2(sd, c)
+    for key in ("model_max_length", "z_loss_weight"):  # Baichuan2's additions
+        del config[key]
+    config.update(architectures=["BaiChuanForCausalLM"],
+                  auto_map={"AutoConfig": "configuration_baichuan.BaiChuanConfig",
+                            "AutoModelForCausalLM": "modeling_baichuan.BaiChuanForCausalLM"})
+    return tensors, config
+
+
 def _baichuan2_13b(sd: State, c: transformers.PretrainedConfig
                    ) -> Tuple[State, Dict[str, Any]]:
     tensors, config = _baichuan2(sd, c)
     del config["max_position_embeddings"]  # 13B's config.json: model_max_length only
+    return tensors, config
+
+
+def _baichuan_13b(sd: State, c: transformers.PretrainedConfig) -> Tuple[State, Dict[str, Any]]:
+    """Baichuan-13B: Baichuan2-13B's checkpoint without z_loss_weight (and no NormHead)."""
+    tensors, config = _baichuan2_13b(sd, c)
+    del config["z_loss_weight"]
     return tensors, config
 
 
@@ -101,6 +121,69 @@ class Baichuan13BReference(torch.nn.Module):
             hidden = hidden + attn.o_proj((probs @ v).transpose(1, 2).reshape(batch, seq, -1))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         return SimpleNamespace(logits=self.llama.lm_head(model.norm(hidden)))
+
+
+def _rotate(x: torch.Tensor, theta: float) -> torch.Tensor:
+    """RoPE over [batch, heads, seq, dim], halves rotated (LLaMA's rotate_half)."""
+    dim = x.shape[-1]
+    freqs = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    angles = torch.arange(x.shape[2], dtype=torch.float32)[:, None] * freqs
+    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+    return x * cos + torch.cat([-x[..., dim // 2:], x[..., :dim // 2]], -1) * sin
+
+
+# MiniCPM's muP scales, as a tiny model's config.json holds them (dim_model_base: hidden / 4).
+MINICPM_SCALES = {"scale_emb": 12, "dim_model_base": 16, "scale_depth": 1.4}
+
+
+class MiniCPMReference(torch.nn.Module):
+    """MiniCPM's forward (modeling_minicpm.py) over a Llama's weights: embeddings x scale_emb,
+    each attention and MLP output x scale_depth / sqrt(layers) before its residual add, final
+    hidden states / (hidden / dim_model_base) before the tied head."""
+
+    def __init__(self, llama: transformers.PreTrainedModel) -> None:
+        super().__init__()
+        self.llama = llama
+
+    def forward(self, input_ids: torch.Tensor) -> SimpleNamespace:
+        model, config = self.llama.model, self.llama.config
+        batch, seq = input_ids.shape
+        heads, groups = config.num_attention_heads, config.num_key_value_heads
+        dim, theta = config.hidden_size // heads, config.rope_parameters["rope_theta"]
+        branch = MINICPM_SCALES["scale_depth"] / math.sqrt(config.num_hidden_layers)
+        causal = torch.full((seq, seq), float("-inf")).triu(1)
+        hidden = model.embed_tokens(input_ids) * MINICPM_SCALES["scale_emb"]
+        for layer in model.layers:
+            x, attn = layer.input_layernorm(hidden), layer.self_attn
+            q, k, v = (getattr(attn, f"{n}_proj")(x).view(batch, seq, -1, dim).transpose(1, 2)
+                       for n in "qkv")
+            q, k = _rotate(q, theta), _rotate(k, theta)
+            k, v = (t.repeat_interleave(heads // groups, dim=1) for t in (k, v))
+            probs = torch.softmax(q @ k.transpose(2, 3) / math.sqrt(dim) + causal, dim=-1)
+            out = attn.o_proj((probs @ v).transpose(1, 2).reshape(batch, seq, -1))
+            hidden = hidden + out * branch
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden)) * branch
+        divisor = config.hidden_size / MINICPM_SCALES["dim_model_base"]
+        return SimpleNamespace(logits=self.llama.lm_head(model.norm(hidden) / divisor))
+
+
+def _minicpm(sd: State, c: transformers.PretrainedConfig) -> Tuple[State, Dict[str, Any]]:
+    """MiniCPM's checkpoint is a tied Llama's tensors (no lm_head) under its own config.json,
+    as MiniCPM-2B ships it (no rope_theta: the class default, 10000)."""
+    config = {"architectures": ["MiniCPMForCausalLM"], "model_type": "minicpm",
+              "auto_map": {"AutoConfig": "configuration_minicpm.MiniCPMConfig",
+                           "AutoModel": "modeling_minicpm.MiniCPMModel",
+                           "AutoModelForCausalLM": "modeling_minicpm.MiniCPMForCausalLM"},
+              "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
+              "hidden_size": c.hidden_size, "initializer_range": 0.1,
+              "intermediate_size": c.intermediate_size,
+              "max_position_embeddings": c.max_position_embeddings,
+              "num_attention_heads": c.num_attention_heads,
+              "num_hidden_layers": c.num_hidden_layers,
+              "num_key_value_heads": c.num_key_value_heads, "rms_norm_eps": c.rms_norm_eps,
+              "rope_scaling": None, "tie_word_embeddings": True, "use_cache": True,
+              "vocab_size": c.vocab_size, **MINICPM_SCALES}
+    return {name: tensor for name, tensor in sd.items() if name != "lm_head.weight"}, config
 
 
 def _aquila(sd: State, c: transformers.PretrainedConfig) -> Tuple[State, Dict[str, Any]]:
@@ -218,7 +301,9 @@ class RemoteFamily:
     rewrite: Callable[[State, transformers.PretrainedConfig], Tuple[State, Dict[str, Any]]]
     normalized_head: Optional[str] = None  # Baichuan2's NormHead weight
     family: Optional[str] = None  # --model-type-hf, where it is not the case's name
-    alibi: bool = False
+    # The written-out forward over the reference's weights, where no transformers class
+    # computes the family's function (Baichuan2-13B, MiniCPM).
+    forward: Optional[Callable[[transformers.PreTrainedModel], torch.nn.Module]] = None
 
 
 REMOTE_FAMILIES: Dict[str, RemoteFamily] = {
@@ -228,7 +313,15 @@ REMOTE_FAMILIES: Dict[str, RemoteFamily] = {
     "baichuan2_13b": RemoteFamily(
         lambda: transformers.LlamaConfig(**dict(SHAPE, hidden_size=96, num_attention_heads=6),
                                          num_key_value_heads=6),
-        _baichuan2_13b, normalized_head="lm_head.weight", family="baichuan2", alibi=True),
+        _baichuan2_13b, normalized_head="lm_head.weight", family="baichuan2",
+        forward=Baichuan13BReference),
+    # Baichuan-7B and -13B: no NormHead, so the heads' logits as they are.
+    "baichuan": RemoteFamily(lambda: transformers.LlamaConfig(**SHAPE, num_key_value_heads=4),
+                             _baichuan),
+    "baichuan_13b": RemoteFamily(
+        lambda: transformers.LlamaConfig(**dict(SHAPE, hidden_size=96, num_attention_heads=6),
+                                         num_key_value_heads=6),
+        _baichuan_13b, family="baichuan", forward=Baichuan13BReference),
     "internlm2": RemoteFamily(lambda: transformers.LlamaConfig(**SHAPE, num_key_value_heads=2),
                               _internlm2),
     # InternLM-1 has no GQA; its modeling code is LLaMA's with biased q/k/v/o projections.
@@ -243,6 +336,10 @@ REMOTE_FAMILIES: Dict[str, RemoteFamily] = {
         **SHAPE, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5,
         partial_rotary_factor=0.5, attention_bias=True, tie_word_embeddings=False,
         pad_token_id=0, eos_token_id=2, bos_token_id=1), _chatglm3),
+    # GQA as MiniCPM-1B has it; MiniCPM-2B's heads are its query groups.
+    "minicpm": RemoteFamily(lambda: transformers.LlamaConfig(
+        **SHAPE, num_key_value_heads=2, rms_norm_eps=1e-5, tie_word_embeddings=True),
+        _minicpm, forward=MiniCPMReference),
 }
 
 
@@ -264,7 +361,7 @@ def save_remote(family: str, model: transformers.PreTrainedModel,
     if spec.normalized_head:
         with torch.no_grad():
             model.lm_head.weight.copy_(F.normalize(model.lm_head.weight, dim=1))
-    return Baichuan13BReference(model) if spec.alibi else model
+    return spec.forward(model) if spec.forward is not None else model
 
 
 def load_remote(directory: Path) -> Tuple[State, Dict[str, Any]]:

@@ -17,6 +17,9 @@ import transformers
 from conftest import ROOT, _free_port
 from logits_parity import assert_logits_close
 from modellink.checkpoint.cli import main as convert_main
+from modellink.arguments import parse_args
+from modellink.models.families import (
+    FamilyConfigError, get_family, hf_config_from_args, preset_flags, training_flags)
 from remote_code_families import (
     REMOTE_FAMILIES, expected_round_trip, load_remote, model_type_hf, save_remote)
 
@@ -63,6 +66,11 @@ HF_CONFIGS = {
         attn_logit_softcapping=0.2, final_logit_softcapping=2.0),
     "bloom": lambda: transformers.BloomConfig(vocab_size=250, hidden_size=64, n_layer=4,
                                               n_head=4),
+    # GLM-4-9B-hf: RoPE on half of each head's channels, adjacent pairs, QKV bias, fused
+    # [gate; up]; head_dim != hidden / heads, so a dropped --kv-channels would show.
+    "glm": lambda: transformers.GlmConfig(**SMALL, head_dim=24, pad_token_id=0, eos_token_id=2),
+    # GLM-4-0414: the same with norms on the attention and MLP outputs (--post-norm).
+    "glm4": lambda: transformers.Glm4Config(**SMALL, head_dim=24, pad_token_id=0, eos_token_id=2),
 }
 # config.json keys the saving class writes (from_config leaves architectures unset).
 CLASS_WRITTEN = ("architectures", "transformers_version")
@@ -89,10 +97,14 @@ EXTRA_LAYOUTS = {
                             "--target-expert-parallel-size", "2"], 4)},
 }
 # Variants of a family checked at every layout already, and the families that only add
-# settings to such a layout (InternLM: --add-qkv-bias --add-dense-bias): TP=2 and PP=2 only.
+# settings to such a layout (InternLM: --add-qkv-bias --add-dense-bias; GLM: ChatGLM3's model
+# under transformers' names): TP=2 and PP=2 only.
 ONLY_LAYOUTS = {case: ("tp2pp1", "tp1pp2")
-                for case in ("yi", "codellama", "qwen2.5", "aquila", "internlm")} | {
-    "qwen2_moe": ("tp2pp1", "tp1pp2", "ep2")}
+                for case in ("yi", "codellama", "qwen2.5", "aquila", "internlm", "glm", "glm4",
+                             "minicpm", "baichuan")} | {
+    "qwen2_moe": ("tp2pp1", "tp1pp2", "ep2"),
+    # Baichuan-13B: Baichuan2-13B's ALiBi model (checked at every layout) without NormHead.
+    "baichuan_13b": ("tp2pp1",)}
 CASES = [(family, layout) for family in [*HF_CONFIGS, *REMOTE_FAMILIES]
          for layout in ONLY_LAYOUTS.get(family) or
          list(LAYOUTS) + list(EXTRA_LAYOUTS.get(family, {}))]
@@ -289,3 +301,36 @@ def test_pytorch_bin_checkpoints_convert(tmp_path):
     back, back_config = load_remote(tmp_path / "back")
     assert back_config == config and back.keys() == tensors.keys()
     assert all(torch.equal(back[name], tensors[name]) for name in tensors)
+
+
+@pytest.mark.parametrize("change", [
+    {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                         "partial_rotary_factor": 1.0}},
+    {"partial_rotary_factor": 1.0},  # where transformers 4.x writes it
+    {"attention_bias": False},
+])
+def test_glm_refuses_what_it_cannot_build(change):
+    """GLM's rotary share and QKV bias are fixed flags, so a config.json with others is
+    refused rather than converted into a model of another function."""
+    config = HF_CONFIGS["glm"]().to_dict()
+    with pytest.raises(FamilyConfigError, match=next(iter(change))):
+        training_flags(get_family("glm"), {**config, **change})
+
+
+def test_minicpm_export_needs_its_scales():
+    """MiniCPM's config.json always holds its three scales, so a checkpoint trained without one
+    is refused rather than exported with a scale its model did not have."""
+    flags = preset_flags("minicpm-2b")
+    at = flags.index("--scale-depth")
+    args = parse_args(flags[:at] + flags[at + 2:] + RUN_FLAGS[1:], world_size=1)
+    with pytest.raises(FamilyConfigError, match="trained without --scale-depth"):
+        hf_config_from_args(get_family("minicpm"), args, 122753)
+
+
+@pytest.mark.parametrize("family,vocab,other", [("baichuan2", 64000, "baichuan"),
+                                                ("baichuan", 125696, "baichuan2")])
+def test_baichuan_generations_are_told_apart_by_vocabulary(family, vocab, other):
+    """Baichuan and Baichuan2 share model_type "baichuan"; converting one as the other would add
+    or drop the NormHead normalisation, so each refuses the other's published vocabulary."""
+    with pytest.raises(FamilyConfigError, match=f"use --model-type-hf {other}$"):
+        training_flags(get_family(family), {"model_type": "baichuan", "vocab_size": vocab})

@@ -49,7 +49,7 @@ def test_demo_is_deterministic_and_seeded(tmp_path):
     a = generate_demo(str(tmp_path / "a"), num_train=200, seed=5)
     b = generate_demo(str(tmp_path / "b"), num_train=200, seed=5)
     c = generate_demo(str(tmp_path / "c"), num_train=200, seed=6)
-    for key in ("pretrain", "instruction", "test"):
+    for key in ("pretrain", "instruction", "test", "pairs_train", "pairs_test"):
         assert filecmp.cmp(a[key], b[key], shallow=False)
         assert not filecmp.cmp(a[key], c[key], shallow=False)
     assert filecmp.cmp(os.path.join(a["tokenizer"], "tokenizer.json"),
@@ -60,5 +60,6 @@ def test_demo_command_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "modellink.data.demo", "--output-dir", str(tmp_path),
                              "--num-train", "50", "--seed", "1"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert sorted(os.listdir(tmp_path)) == ["instruction.jsonl", "pretrain.jsonl", "test.jsonl", "tokenizer"]
+    assert sorted(os.listdir(tmp_path)) == ["instruction.jsonl", "pairs_test.jsonl", "pairs_train.jsonl",
+                                            "pretrain.jsonl", "test.jsonl", "tokenizer"]
     assert len(_rows(tmp_path / "instruction.jsonl")) == 50

@@ -1,6 +1,9 @@
 """DPO (`trainer.py --stage dpo`): the loss and rewards equal trl's on the same
 log-probabilities, every parallel layout reproduces one process, LoRA's reference is the base
-model, training raises preference accuracy, and bad input fails in one line before training."""
+model and its adapter gradients equal autograd's through an independent plain-PyTorch model
+(one process and TP=2), training raises preference accuracy, and bad input fails in one line
+before training."""
+import contextlib
 import json
 import math
 import re
@@ -13,6 +16,7 @@ import torch
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
 from conftest import TINY_LLAMA, run_in_one_job
+from plain_gpt import sequence_logps
 from modellink.arguments import ArgumentError, parse_args
 from modellink.training.data.datasets import DataError, check_data_files
 from modellink.training.posttrain.dpo_loss import PairLogps, dpo_losses
@@ -133,9 +137,14 @@ LAYOUTS = {
     "tp2_sp": ["--tensor-model-parallel-size", "2", "--sequence-parallel"],
     "pp2": ["--pipeline-model-parallel-size", "2"],
     "dp2_distopt": ["--use-distributed-optimizer"],
+    "pp2_vpp": ["--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage",
+                "1"],
 }
 LORA = ["--lora-target-modules", "linear_qkv", "linear_proj", "linear_fc1", "linear_fc2",
         "--lora-r", "4", "--lora-alpha", "8"]
+LORA_SCALING = 8 / 4
+# Runs whose last step tests/step_capture.py records (weights, gradients, micro-batches).
+CAPTURED = ("full", "lora", "lora_tp2_sp")
 
 
 def _history(path):
@@ -145,7 +154,8 @@ def _history(path):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One single-process job and one two-rank job, several runs each. The single-process
-    job first saves a two-layer checkpoint and ends with a run given it as --ref-model."""
+    job first saves a two-layer checkpoint and ends with a run given it as --ref-model. The
+    CAPTURED runs' last steps are recorded whole."""
     root = tmp_path_factory.mktemp("dpo")
     prefix = write_pairwise_dataset(root / "pairs")
     other = str(root / "two_layers")
@@ -155,27 +165,40 @@ def runs(tmp_path_factory):
                                 "--micro-batch-size", "4", "--lr", "3e-3")}
     double = {name: dpo_args(prefix, "--variable-seq-lengths", *extra)
               for name, extra in LAYOUTS.items()}
-    double["lora_tp2"] = dpo_args(prefix, *LORA, "--tensor-model-parallel-size", "2")
+    double["lora_tp2_sp"] = dpo_args(prefix, *LORA, "--tensor-model-parallel-size", "2",
+                                     "--sequence-parallel")
     first = run_in_one_job(
         [{"args": _plain_args(_pretraining_dataset(root), "--save", other, "--num-layers", "2")}]
-        + [{"args": args, "history": str(root / f"{name}.json")} for name, args in single.items()]
+        + [_run(root, name, args) for name, args in single.items()]
         + [{"args": dpo_args(prefix, "--ref-model", other)}], nproc=1)
-    second = run_in_one_job([{"args": args, "history": str(root / f"{name}.json")}
-                             for name, args in double.items()], nproc=2)
+    second = run_in_one_job([_run(root, name, args) for name, args in double.items()], nproc=2)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-5000:]
     histories = {name: _history(root / f"{name}.json") for name in [*single, *double]}
-    return histories, first, other
+    captured = {name: torch.load(root / f"{name}.pt", weights_only=False) for name in CAPTURED}
+    return SimpleNamespace(histories=histories, first=first, other=other, captured=captured)
 
 
-@pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_layout_matches_single_process(layout, runs):
-    histories, _, _ = runs
-    reference, run = histories["full"], histories[layout]
+def _run(root, name, args):
+    run = {"args": args, "history": str(root / f"{name}.json")}
+    if name in CAPTURED:
+        run["capture"] = str(root / f"{name}.pt")
+    return run
+
+
+def assert_same_pair_history(run, reference):
+    """A layout's three steps equal one process's: loss, grad norm and the pair metrics."""
     assert len(run["loss"]) == 3
     assert run["loss"] == pytest.approx(reference["loss"], **TIGHT)
     assert run["grad_norm"] == pytest.approx(reference["grad_norm"], **TIGHT)
     for ours, theirs in zip(run["metrics"], reference["metrics"]):
         assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_layout_matches_single_process(layout, runs):
+    histories = runs.histories
+    reference = histories["full"]
+    assert_same_pair_history(histories[layout], reference)
     # The policy starts as the reference: every reward is 0 and the loss log(2).
     assert reference["loss"][0] == pytest.approx(math.log(2), rel=1e-6)
     assert reference["loss"][-1] < reference["loss"][0]
@@ -184,16 +207,110 @@ def test_layout_matches_single_process(layout, runs):
 def test_lora_reference_is_the_base_model(runs):
     """B starts at 0, so the adapted policy equals the base model: with the adapters off for
     the reference, the first loss is exactly log(2); then the adapters train, under TP=2 too."""
-    histories, _, _ = runs
+    histories = runs.histories
     lora = histories["lora"]
     assert lora["loss"][0] == pytest.approx(math.log(2), rel=1e-6)
     assert lora["metrics"][0]["rewards/margins"] == 0
     assert lora["loss"][-1] < lora["loss"][0]
-    assert histories["lora_tp2"]["loss"] == pytest.approx(lora["loss"], **TIGHT)
+    assert histories["lora_tp2_sp"]["loss"] == pytest.approx(lora["loss"], **TIGHT)
+
+
+def _adapted(before, adapters, merged):
+    """One-process weights without adapters: each adapted W is W + scaling * B A if
+    `merged`, else the base W alone."""
+    weights = {name: value for name, value in before.items() if ".lora_" not in name}
+    if merged:
+        for name, a in adapters.items():
+            if name.endswith(".lora_A.default.weight"):
+                base = name[:-len("lora_A.default.weight")]
+                b = adapters[base + "lora_B.default.weight"]
+                weights[base + "weight"] = before[base + "weight"] + LORA_SCALING * b @ a
+    return weights
+
+
+@contextlib.contextmanager
+def _one_thread():
+    # Matrices of a few thousand entries: more threads only spin-wait on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@_one_thread()
+def _independent_lora_dpo(record, adapters_in_reference=False, beta=0.1):
+    """The captured step's mean pair loss (sigmoid DPO) through plain_gpt, the policy's
+    adapted weights functions of A and B, the reference the base model; its gradients
+    with respect to every A and B by autograd."""
+    adapters = {name: value.clone().requires_grad_(True)
+                for name, value in record["before"].items() if ".lora_" in name}
+    policy = _adapted(record["before"], adapters, merged=True)
+    with torch.no_grad():
+        reference = _adapted(record["before"], adapters, merged=adapters_in_reference)
+    losses = []
+    for batch in record["batches"]:
+        with torch.no_grad():
+            ref = sequence_logps(reference, batch)
+        logps = sequence_logps(policy, batch)
+        pairs = logps.shape[0] // 2  # chosen rows, then rejected rows
+        ratio = logps - ref
+        losses.append(-torch.nn.functional.logsigmoid(beta * (ratio[:pairs] - ratio[pairs:])))
+    loss = torch.cat(losses).mean()
+    loss.backward()
+    return loss.item(), {name: value.grad for name, value in adapters.items()}
+
+
+def _worst_relative_error(ours, theirs):
+    return max(float((ours[n] - theirs[n]).norm() / theirs[n].norm()) for n in theirs)
+
+
+@pytest.mark.parametrize("name", ["lora", "lora_tp2_sp"])
+def test_lora_gradients_equal_an_independent_forward(name, runs):
+    """The last step's adapter gradients (TP=2 ones gathered) equal autograd's through a
+    plain-PyTorch model with W + scaling * B A as its weights and the base model as the
+    reference. B is non-zero by then: a reference with the adapters on is off by ~1.5e-3
+    (measured), and so is this step had the reference pass kept them on."""
+    record = runs.captured[name]
+    loss, grads = _independent_lora_dpo(record)
+    assert record["loss"] == pytest.approx(loss, rel=1e-5)
+    assert set(record["grads"]) == set(grads)  # the optimizer trains exactly the adapters
+    assert _worst_relative_error(record["grads"], grads) < 1e-5
+    _, wrong = _independent_lora_dpo(record, adapters_in_reference=True)
+    assert _worst_relative_error(record["grads"], wrong) > 1e-4
+
+
+def test_lora_base_stays_frozen(runs):
+    """Only the adapters move; every base weight, the reference's, is as it was loaded."""
+    for name in ("lora", "lora_tp2_sp"):
+        record = runs.captured[name]
+        for weight, before in record["before"].items():
+            after = record["after"][weight]
+            if ".lora_" in weight:
+                assert not torch.equal(after, before), weight
+            else:
+                assert torch.equal(after, before), weight
+
+
+def test_lora_tp2_step_matches_one_process(runs):
+    """TP=2 with sequence parallelism reaches the last step with the weights and adapter
+    gradients of one process (Adam's first steps amplify round-off, hence 1e-4)."""
+    single, tp2 = runs.captured["lora"], runs.captured["lora_tp2_sp"]
+    assert _worst_relative_error(tp2["before"], single["before"]) < 1e-4
+    assert _worst_relative_error(tp2["grads"], single["grads"]) < 1e-4
+
+
+def test_variable_seq_lengths_pads_each_micro_batch(runs):
+    """The layout runs all read --variable-seq-lengths: its micro-batches are as long as
+    their longest pair (a multiple of 8, --pad-to-multiple-of), not --seq-length 32."""
+    widths = [batch["tokens"].shape[1] for batch in runs.captured["full"]["batches"]]
+    assert max(widths) < 32 and all(width % 8 == 0 for width in widths), widths
+    assert runs.captured["lora"]["batches"][0]["tokens"].shape[1] == 32
 
 
 def test_training_raises_preference_accuracy(runs):
-    histories, first, _ = runs
+    histories, first = runs.histories, runs.first
     accuracies = [m["rewards/accuracies"] for m in histories["learn"]["metrics"]]
     assert accuracies[0] == 0  # ties: the policy is the reference
     assert min(accuracies[-3:]) >= 0.9, accuracies
@@ -255,7 +372,7 @@ def _plain_args(prefix, *extra):
 
 
 def test_reference_of_another_architecture_fails_before_training(runs):
-    _, first, other = runs
+    first, other = runs.first, runs.other
     assert first.returncode != 0
     errors = [line for line in first.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"--ref-model {other}: " in errors[0], first.stderr[-2000:]

@@ -42,6 +42,7 @@ def test_replica_flag_errors(extra, world, message):
     (["--bf16", "--enable-high-availability", "--enable-optimizer-state-local-copy"],
      "4 + 16/2 = 12.00"),  # the replica's 4 + 32/d
     (["--bf16", "--accumulate-allreduce-grads-in-fp32"], "6 + 12/4 = 9.00"),
+    (["--bf16", "--context-parallel-size", "2"], "4 + 16/4 = 8.00"),  # DP 2 x CP 2 shards
 ])
 def test_memory_account_follows_megatron(extra, expected):
     args = parse_args(TINY_LLAMA + ["--train-iters", "2", "--use-distributed-optimizer"] + extra,

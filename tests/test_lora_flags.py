@@ -8,20 +8,8 @@ from megatron.core import parallel_state, tensor_parallel
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from modellink import backend
 from modellink.arguments import ArgumentError, parse_args
 from modellink.models.lora import adapter_class, register_grad_hooks
-
-
-@pytest.fixture
-def one_rank(tmp_path):
-    backend.activate(backend.resolve("cpu"))
-    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/store",
-                                         rank=0, world_size=1)
-    parallel_state.initialize_model_parallel(1, 1)
-    yield
-    parallel_state.destroy_model_parallel()
-    torch.distributed.destroy_process_group()
 
 
 def _layer(base, fusion, bias, skip_bias_add, train_weight):

@@ -101,8 +101,8 @@ def test_preprocess_unsupported_flag_is_one_line_error(flag, capsys):
 
 
 def test_evaluation_rejects_unsupported_flags_too(capsys):
-    assert run_cli(lambda: parse_evaluation_args(["--moe-layer-freq", "1"])) == 2
-    assert capsys.readouterr().err.startswith("error: --moe-layer-freq (ModelLink: ")
+    assert run_cli(lambda: parse_evaluation_args(["--noisy-gate-policy", "Jitter"])) == 2
+    assert capsys.readouterr().err.startswith("error: --noisy-gate-policy (ModelLink: ")
 
 
 def test_flags_without_effect_and_mc2_without_sequence_parallelism_are_logged():

@@ -65,6 +65,22 @@ def test_rotary_cpu_path_matches_reference(dtype, tol, rot_dim, mscale):
                   _forward_backward(lambda x: reference.fn(x, freqs, mscale), t), tol)
 
 
+@pytest.mark.parametrize("rot_dim", [16, 8])
+def test_rotary_cpu_path_is_bit_identical_in_fp32_and_laid_out_for_sdpa(rot_dim):
+    gen = torch.Generator().manual_seed(3)
+    t = torch.randn(12, 2, 4, 16, generator=gen)
+    angles = torch.arange(12.0)[:, None] * torch.rand(rot_dim // 2, generator=gen)[None, :]
+    freqs = torch.cat((angles, angles), dim=-1)[:, None, None, :]
+    fused, reference = select_rotary("cpu", True), select_rotary("cpu", False)
+    got = _forward_backward(lambda x: fused.fn(x, freqs, 1.0), t)
+    want = _forward_backward(lambda x: reference.fn(x, freqs, 1.0), t)
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    # [s, b, heads, d] seen as SDPA's [b, heads, s, d] needs no copy.
+    assert fused.fn(t, freqs, 1.0).permute(1, 2, 0, 3).is_contiguous()
+    with torch.no_grad():
+        assert torch.equal(fused.fn(t, freqs, 1.0), reference.fn(t, freqs, 1.0))
+
+
 # ---------------------------------------------------------------- attention
 
 SEQ, BATCH, HEADS, GROUPS, DIM = 16, 2, 4, 2, 16

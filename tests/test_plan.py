@@ -1,8 +1,10 @@
 """The memory planner (modellink/plan): its weight, gradient and optimizer bytes equal the
-tensor bytes of the model, DDP buffers and optimizer that pretrain() builds (one job per world
-size, tests/plan_probe.py), and bad input is a one-line error."""
+tensor bytes of the model, DDP buffers and optimizer that pretrain() builds, and its activation
+peak is within 15% of the peak of tensors autograd keeps for backward (one job per world size,
+tests/plan_probe.py); bad input is a one-line error."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -11,7 +13,8 @@ import torch
 
 from conftest import ROOT, _free_port
 from modellink.argument_errors import ArgumentError
-from modellink.plan.cli import main as plan_main, parse_memory
+from modellink.plan.cli import inference_args, main as plan_main, parse_memory
+from modellink.plan.kv_cache import kv_cache_bytes
 from modellink.training.pretrain import pretrain
 
 BASE = [
@@ -30,6 +33,11 @@ ONE_RANK = {
     "bf16 distributed optimizer, fp32 grads, qk norm": [
         "--bf16", "--use-distributed-optimizer", "--accumulate-allreduce-grads-in-fp32",
         "--qk-layernorm"],
+    "selective recompute, dropout": LLAMA + ["--recompute-granularity", "selective",
+                                             "--hidden-dropout", "0.1",
+                                             "--attention-dropout", "0.1"],
+    "full recompute, block": ["--recompute-granularity", "full", "--recompute-method", "block",
+                              "--recompute-num-layers", "2"],
 }
 TWO_RANKS = {
     "TP2 SP, LayerNorm, biases": ["--tensor-model-parallel-size", "2", "--sequence-parallel",
@@ -45,7 +53,12 @@ TWO_RANKS = {
                                   "rope"],
     "replica optimizer": ["--bf16", "--use-distributed-optimizer",
                           "--enable-high-availability", "--enable-optimizer-state-local-copy"],
+    "PP2 full recompute, uniform": LLAMA + ["--pipeline-model-parallel-size", "2",
+                                            "--recompute-granularity", "full",
+                                            "--recompute-method", "uniform",
+                                            "--recompute-num-layers", "1"],
 }
+ACTIVATION_TOLERANCE = 0.15
 
 
 def _probe(tmp_path, runs, nproc):
@@ -62,6 +75,14 @@ def _probe(tmp_path, runs, nproc):
                f"--master-port={_free_port()}", probe, str(tmp_path)]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    # The first log line's memory report (modellink/training/monitoring/memory.py) carries the
+    # planner's peak of the rank's stage; ranks 0 of every run print one.
+    reported = {float(mb) for mb in re.findall(
+        r"\[Rank \d+\] \(after 1 iterations\) memory \(MB\) \| predicted peak ([\d.]+) \| "
+        r"measured peak [\d.]+ \(RSS growth since model build\)", result.stdout)}
+    for index in range(len(runs)):
+        record = json.loads((tmp_path / f"{index}.0.json").read_text())
+        assert round(record["planned"]["peak"] / 2**20, 1) in reported, (index, reported)
     return {name: [json.loads((tmp_path / f"{index}.{rank}.json").read_text())
                    for rank in range(nproc)]
             for index, name in enumerate(runs)}
@@ -72,6 +93,8 @@ def _check(records, sharded_over_two=()):
         for record in ranks:
             for key in ("weights", "grads"):
                 assert record["planned"][key] == record["measured"][key], (name, key)
+            planned, measured = record["planned"]["activations"], record["measured"]["activations"]
+            assert abs(planned / measured - 1) <= ACTIVATION_TOLERANCE, (name, planned, measured)
         if name in sharded_over_two:
             # Shard edges follow DDP's alignment padding, so one rank may hold a few more
             # elements than the other; the pair holds exactly the planned state.
@@ -103,6 +126,8 @@ def test_memory_strings(text, expected):
      "world size 6 is not divisible"),
     (["--devices", "8", "--num-layers", "30", "--pipeline-model-parallel-size", "4",
       "--device-memory", "64GB"], "--num-layers 30 is not divisible"),
+    (["--devices", "8", "--model", "llama9-7b"], "--model: unknown model 'llama9-7b'"),
+    (["--devices", "2", "--search"], "--search needs --device-memory"),
 ])
 def test_bad_input_is_one_line(argv, message):
     flags = BASE + LLAMA
@@ -122,3 +147,95 @@ def test_plan_only_prints_the_runs_plan_and_starts_nothing(monkeypatch, capsys):
     # pretrain() pads the mock tokenizer's vocabulary (100 + end-of-document), the planner
     # --vocab-size: both round up to the same 128 x TP multiple, so the plans agree.
     assert capsys.readouterr().out == out
+
+
+def test_kv_cache_equals_the_inference_cache(monkeypatch, capsys):
+    from megatron.core.inference.contexts import StaticInferenceContext
+    from modellink.models.gpt import build_model_chunks, transformer_config_from_args
+    from modellink.training.initialize import initialize, shutdown
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
+                       ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(_free_port()))):
+        monkeypatch.setenv(key, value)
+    flags = BASE + LLAMA + ["--group-query-attention", "--num-query-groups", "2", "--bf16",
+                            "--micro-batch-size", "3", "--global-batch-size", "3",
+                            "--max-length", "24"]
+    args = inference_args(flags, world_size=1)
+    args.padded_vocab_size = 128
+    backend = initialize(args)
+    try:
+        chunks = build_model_chunks(args, transformer_config_from_args(args, backend.device))
+        cache = StaticInferenceContext(3, 24)
+        tokens = torch.randint(0, 100, (3, 5))
+        with torch.inference_mode():
+            chunks[0](tokens, torch.arange(5).expand(3, 5), None, inference_context=cache)
+        measured = sum(t.numel() * t.element_size() for pair in cache.key_value_memory_dict.values()
+                       for t in pair)
+    finally:
+        shutdown()
+    assert measured == kv_cache_bytes(args, 0) == 2 * 4 * 2 * 8 * 24 * 3 * 2
+    plan_main(flags + ["--inference", "--devices", "1"])
+    assert "KV cache = 2 x layers/PP x kv heads/TP" in capsys.readouterr().out
+
+
+def test_search_ranks_by_the_stated_formulas(capsys):
+    from modellink.arguments import parse_args
+    from modellink.plan.cli import with_padded_vocab
+    from modellink.plan.search import search
+    memory = 2**30
+    layouts = search(BASE, 2, memory, lambda f: with_padded_vocab(parse_args(f, world_size=2)))
+    for layout in layouts:
+        a = layout.args
+        assert a.tensor_model_parallel_size * a.pipeline_model_parallel_size * \
+            a.context_parallel_size * a.data_parallel_size == 2 and layout.plan.peak <= memory
+    best = layouts[0].args
+    # Bubble 0 rules out PP 2. TP 2 (m = 2 micro-batches) sends 4 all-reduces x 4 layers x 2 x
+    # 2(2-1)/2 x 32 tokens x 32 hidden x 4 bytes; DP 2 sends its fp32 gradients once
+    # (2(2-1)/2 x P x 4), more than that for this model; recompute off beats on at equal bytes.
+    assert (best.tensor_model_parallel_size, best.pipeline_model_parallel_size,
+            layouts[0].recompute) == (2, 1, "off")
+    assert layouts[0].comm_bytes == 4 * 4 * 2 * 1 * 32 * 32 * 4
+    dp2 = next(x for x in layouts if x.args.data_parallel_size == 2)
+    assert dp2.comm_bytes == dp2.plan.stages[0].grads > layouts[0].comm_bytes
+    plan_main(BASE + ["--search", "--devices", "2", "--device-memory", "1GiB", "--top", "3"])
+    out = capsys.readouterr().out
+    assert "bubble = (PP - 1) / (m + PP - 1) / VPP" in out and len(out.splitlines()) == 2 + 3 + 6
+
+
+def test_model_preset_plans_the_zoo_size(capsys):
+    plan_main(["--model", "llama2-7b", "--devices", "8", "--tensor-model-parallel-size", "8",
+               "--micro-batch-size", "1", "--global-batch-size", "8", "--mock-data",
+               "--train-iters", "1", "--lr", "1e-4", "--bf16"])
+    # 6.74 B parameters with the 32000-word vocabulary padded to 32768 (128 x TP): 1/8 each.
+    assert " 843,321,344 " in capsys.readouterr().out
+
+
+ZOO = ["--mock-data", "--train-iters", "1", "--lr", "1e-6", "--bf16", "--use-flash-attn",
+       "--use-distributed-optimizer", "--sequence-parallel", "--micro-batch-size", "1",
+       "--use-fused-rmsnorm", "--tensor-model-parallel-size", "8",
+       "--pipeline-model-parallel-size", "4", "--devices", "32", "--device-memory", "64GB"]
+
+
+@pytest.mark.parametrize("flags, row", [
+    (["--model", "llama2-70b", "--global-batch-size", "32", "--use-fused-swiglu"],
+     "| LLaMA-2-70B | 4.05 + 4.05 + 24.28 = 32.38 GiB | 16 x 2.173 B = 32.38 GiB | 2.80 / 11.18 GiB "
+     "| 2.66 / 10.62 GiB | 43.56 GiB, fits |"),
+    (["--model", "qwen-72b", "--global-batch-size", "32", "--seq-length", "4096",
+      "--use-fused-swiglu"],
+     "| Qwen-72B (seq 4096) | 4.38 + 4.38 + 26.27 = 35.02 GiB | 16 x 2.351 B = 35.03 GiB | "
+     "2.85 / 11.39 GiB | 2.66 / 10.62 GiB | 46.42 GiB, fits |"),
+    (["--model", "mixtral-8x7b", "--global-batch-size", "8", "--expert-model-parallel-size", "1",
+      "--seq-length", "32768", "--moe-token-dispatcher-type", "allgather", "--vocab-size",
+      "32000", "--make-vocab-size-divisible-by", "1"],
+     "| Mixtral-8x7B | 2.73 + 2.73 + 16.41 = 21.88 GiB | 16 x 1.468 B = 21.87 GiB | "
+     "12.94 / 51.77 GiB | 4.25 / 17.0 GiB | 73.64 GiB, does NOT fit |"),
+])
+def test_docs_zoo_rows_are_the_planners_output(flags, row, capsys):
+    plan_main(flags + ZOO)
+    # "0  params  w GiB  g GiB  o GiB  act/mb GiB  in-flight  activations GiB  peak GiB"
+    stage0 = next(line for line in capsys.readouterr().out.splitlines()
+                  if line.startswith("    0 ")).split()
+    weights, grads, optimizer, per_mb, active, peak = (stage0[i] for i in (2, 4, 6, 8, 11, 13))
+    cells = row.split(" | ")
+    assert cells[1] == f"{weights} + {grads} + {optimizer} = " + cells[1].split(" = ")[1]
+    assert cells[3] == f"{per_mb} / {active} GiB" and cells[5].startswith(f"{peak} GiB")
+    assert row in (ROOT / "docs" / "planner.md").read_text()

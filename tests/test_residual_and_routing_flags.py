@@ -9,13 +9,11 @@ import math
 
 import pytest
 import torch
-from megatron.core import parallel_state, tensor_parallel
 from megatron.core.transformer.moe.moe_utils import get_default_pg_collection
 from megatron.core.transformer.moe.router import TopKRouter
 from megatron.core.transformer.spec_utils import build_module
 
 from conftest import TINY_LLAMA, run_in_one_job
-from modellink import backend
 from modellink.arguments import ArgumentError, parse_args
 from modellink.models.gpt import build_model_chunks, transformer_config_from_args
 from modellink.models.init import init_layout_independent
@@ -27,18 +25,6 @@ FP32_RESIDUAL = ["--bf16", "--fp32-residual-connection"]
 MOE = ["--num-experts", "4", "--moe-aux-loss-coeff", "0.01"]
 GROUPED = ["--moe-router-load-balancing-type", "group_limited_greedy", "--topk-group", "1",
            "--routed-scaling-factor", "2.0"]
-
-
-@pytest.fixture
-def one_rank(tmp_path):
-    backend.activate(backend.resolve("cpu"))
-    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/store",
-                                         rank=0, world_size=1)
-    parallel_state.initialize_model_parallel(1, 1)
-    tensor_parallel.model_parallel_cuda_manual_seed(0)
-    yield
-    parallel_state.destroy_model_parallel()
-    torch.distributed.destroy_process_group()
 
 
 # Bloom-like: LayerNorm, biased linears and an ungated GELU MLP.

@@ -3,12 +3,14 @@ equal a hand computation, TP/PP/DP layouts reproduce one process, training ranks
 rejected (held-out pairs too), and bad input fails in one line before training."""
 import math
 import re
+import subprocess
+import sys
 
 import numpy
 import pytest
 import torch
 
-from conftest import TINY_LLAMA, run_in_one_job
+from conftest import ROOT, TINY_LLAMA, run_in_one_job
 from modellink.arguments import ArgumentError, parse_args
 from modellink.training.posttrain.rm_data import RewardCollator
 from modellink.training.posttrain.rm_step import RewardForwardStep
@@ -16,12 +18,11 @@ from test_dpo import (
     IGNORE,
     _plain_args,
     _pretraining_dataset,
+    assert_same_pair_history,
     pairwise_args,
     write_pair_files,
     write_pairwise_dataset,
 )
-
-TIGHT = dict(rel=1e-5)
 
 
 def write_vocabulary_pairs(prefix, count, seed=0):
@@ -132,12 +133,7 @@ def runs(tmp_path_factory):
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_layout_matches_single_process(layout, runs):
     histories, _, _ = runs
-    reference, run = histories["full"], histories[layout]
-    assert len(run["loss"]) == 3
-    assert run["loss"] == pytest.approx(reference["loss"], **TIGHT)
-    assert run["grad_norm"] == pytest.approx(reference["grad_norm"], **TIGHT)
-    for ours, theirs in zip(run["metrics"], reference["metrics"]):
-        assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
+    assert_same_pair_history(histories[layout], histories["full"])
 
 
 def test_training_ranks_chosen_above_rejected(runs):
@@ -172,6 +168,14 @@ def test_bad_flags_fail_in_one_line():
             parse_args(base + list(extra), world_size=2)
 
 
+def test_orm_is_mindspeed_llms_name_for_the_reward_stage():
+    assert parse_args(pairwise_args("unused", "orm"), world_size=1).stage == "rm"
+    # posttrain_gpt.py (MindSpeed-LLM's entry script) reaches the same parser.
+    done = subprocess.run([sys.executable, str(ROOT / "posttrain_gpt.py"), "--stage", "ppo"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "invalid choice: 'ppo'" in done.stderr
+
+
 def test_non_pairwise_data_fails_before_training(tmp_path):
     from modellink.training.data.datasets import DataError, check_data_files
     from test_finetune import write_instruction_dataset
@@ -181,10 +185,11 @@ def test_non_pairwise_data_fails_before_training(tmp_path):
         check_data_files(parse_args(rm_args(instruction), world_size=1))
 
 
-def test_converting_a_reward_model_is_refused_in_one_line(runs):
+def test_converting_a_reward_model_needs_orm(runs, tmp_path):
+    """(Conversion with --orm: tests/test_rm_export.py.)"""
+    from modellink.checkpoint.convert import ConvertOptions, convert
     from modellink.checkpoint.errors import ConversionError
-    from modellink.checkpoint.megatron_reader import MegatronSource
 
     _, _, root = runs
-    with pytest.raises(ConversionError, match="is a reward model .* not supported yet"):
-        MegatronSource(str(root / "rm_checkpoint"))
+    with pytest.raises(ConversionError, match="is a reward model .* add --orm"):
+        convert(ConvertOptions(str(root / "rm_checkpoint"), str(tmp_path / "hf"), "mg", "hf"))

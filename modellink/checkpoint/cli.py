@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accepted for script compatibility: megatron-core models are the only ones")
     p.add_argument("--max-shard-size", default="5GB", help="safetensors shard size on export")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --save-dir")
+    p.add_argument("--orm", action="store_true",
+                   help="a reward model: a Megatron checkpoint trained with trainer.py --stage "
+                        "rm <-> a Hugging Face *ForSequenceClassification with one label")
     g = p.add_argument_group("LoRA merge (Megatron base: --load-model-type mg)")
     g.add_argument("--lora-load", default=None,
                    help="adapter checkpoint of a LoRA run over --load-dir, merged into the "
@@ -137,7 +140,7 @@ def options_from_args(args: argparse.Namespace) -> ConvertOptions:
         max_shard_bytes=_size(args.max_shard_size), add_qkv_bias=args.add_qkv_bias,
         add_dense_bias=args.add_dense_bias, overwrite=args.overwrite,
         lora_load=args.lora_load, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
-        lora_target_modules=args.lora_target_modules)
+        lora_target_modules=args.lora_target_modules, orm=args.orm)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

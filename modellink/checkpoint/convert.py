@@ -14,13 +14,15 @@ from modellink.checkpoint.hf_source import HuggingFaceSource
 from modellink.checkpoint.hf_writer import tokenizer_files, write_hf
 from modellink.checkpoint.layout import ParallelLayout, build_layout
 from modellink.checkpoint.lora_merge import LoraMergedSource
-from modellink.checkpoint.mappings import MAPPINGS
 from modellink.checkpoint.megatron_args import (
     args_from_hf, model_flags, padded_vocab, resharded_args)
 from modellink.checkpoint.megatron_reader import MegatronSource
 from modellink.checkpoint.megatron_writer import write_megatron
 from modellink.checkpoint.output import atomic_directory, check_save_dir
-from modellink.models.families import get_family, hf_config_from_args, variant_for_args
+from modellink.checkpoint.reward import check_megatron_source, classifier_config
+from modellink.checkpoint.split_rules import split_rules
+from modellink.models.families import (
+    get_family, get_model_family, hf_config_from_args, variant_for_args)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -48,6 +50,7 @@ class ConvertOptions:
     lora_r: Optional[int] = None  # None: as the adapters were trained
     lora_alpha: Optional[int] = None
     lora_target_modules: Optional[List[str]] = None
+    orm: bool = False  # a reward model: Megatron --stage rm <-> HF *ForSequenceClassification
 
 
 Source = Union[HuggingFaceSource, MegatronSource]
@@ -79,7 +82,7 @@ def _check_family_flags(options: ConvertOptions) -> None:
 def _open_source(options: ConvertOptions) -> Source:
     dtype = DTYPES[options.params_dtype] if options.params_dtype else None
     if options.load_type == "hf":
-        return HuggingFaceSource(options.load_dir, options.family, dtype)
+        return HuggingFaceSource(options.load_dir, options.family, dtype, options.orm)
     if options.lora_load:
         source = LoraMergedSource(options.load_dir, options.lora_load, options.lora_r,
                                   options.lora_alpha, options.lora_target_modules)
@@ -88,6 +91,7 @@ def _open_source(options: ConvertOptions) -> Source:
     if getattr(source.args, "lora_target_modules", None):
         raise ConversionError(f"--load-dir {options.load_dir} holds LoRA adapters only: pass "
                               f"the base model as --load-dir and the adapters as --lora-load")
+    check_megatron_source(options.load_dir, source.args, options.orm)
     return source
 
 
@@ -100,6 +104,8 @@ def _to_megatron(options: ConvertOptions, source: Source) -> None:
                               options.make_vocab_size_divisible_by)
         flags = model_flags(source.settings, source.config, layout, padded, source.dtype)
         args = args_from_hf(flags, layout, padded, source.config)
+        if source.shape.reward:
+            args.stage = "rm"  # trainer.py --stage rm loads its value head
         iteration = 0
     else:
         if options.params_dtype:
@@ -114,9 +120,11 @@ def _to_megatron(options: ConvertOptions, source: Source) -> None:
         flags = None
         iteration = source.iteration
     with atomic_directory(options.save_dir) as tmp:
-        write_megatron(source.read, source.shape, layout, args, tmp, iteration, source.gated)
+        write_megatron(source.read, source.shape, layout, args, tmp, iteration,
+                       split_rules(args))
     if flags is not None:
-        print("pretrain_gpt.py model flags for this checkpoint (load with --finetune):\n  "
+        entry = "trainer.py --stage rm" if source.shape.reward else "pretrain_gpt.py"
+        print(f"{entry} model flags for this checkpoint (load with --finetune):\n  "
               + " ".join(flags), flush=True)
 
 
@@ -130,12 +138,14 @@ def _to_huggingface(options: ConvertOptions, source: MegatronSource, out_dir: st
             base, source.recorded_vocab_size(), source.args.padded_vocab_size, template))
     settings = variant_for_args(get_family(options.family), source.args, base)
     config = hf_config_from_args(settings, source.args, shape.vocab_size, base=base)
+    if shape.reward:
+        config = classifier_config(config, settings)
     dtype = DTYPES[options.params_dtype] if options.params_dtype else None
     copied: List[str] = []
     with atomic_directory(out_dir) as tmp:
         if template is not None:
             copied = copy_beside(template, tmp)
-        write_hf(source.read, shape, MAPPINGS[options.family], config,
+        write_hf(source.read, shape, get_model_family(options.family).mapping, config,
                  settings.config_class, tmp, options.max_shard_bytes, dtype,
                  options.tokenizer_model)
     if template is not None:

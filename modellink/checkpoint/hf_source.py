@@ -8,13 +8,14 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from modellink.checkpoint.errors import ConversionError
-from modellink.checkpoint.mappings import (
-    MAPPINGS, Group, ModelShape, groups, hf_names, to_canonical)
+from modellink.checkpoint.mappings import Group, ModelShape, groups, hf_names, to_canonical
+from modellink.checkpoint.reward import check_hf_config
 from modellink.checkpoint.rules import AttentionShape
 from modellink.checkpoint.torch_bin_io import open_checkpoint
+from modellink.models.moe import dense_layers
 from modellink.models.families import (
-    canonical_config, check_config, get_family, head_dim, num_experts, query_groups,
-    variant_for_config)
+    canonical_config, check_config, get_family, get_model_family, head_dim, num_experts,
+    query_groups, variant_for_config)
 
 
 def read_config(directory: str) -> Dict[str, Any]:
@@ -26,12 +27,15 @@ def read_config(directory: str) -> Dict[str, Any]:
 
 
 class HuggingFaceSource:
-    def __init__(self, directory: str, family: str, dtype: Optional[torch.dtype]) -> None:
+    def __init__(self, directory: str, family: str, dtype: Optional[torch.dtype],
+                 reward: bool = False) -> None:
+        """`reward`: a one-score sequence classifier (--orm), its head `score.weight`."""
         raw = read_config(directory)
+        check_hf_config(directory, raw, reward)
         self.settings = variant_for_config(get_family(family), raw)
         check_config(self.settings, raw)
         self.config = canonical_config(self.settings, raw)
-        self.mapping = MAPPINGS[family]
+        self.mapping = get_model_family(family).mapping
         c = self.config
         self.shape = ModelShape(
             num_layers=c["num_hidden_layers"],
@@ -39,8 +43,10 @@ class HuggingFaceSource:
             num_experts=num_experts(self.settings, c),
             tied=bool(c.get("tie_word_embeddings", False)),
             vocab_size=c["vocab_size"],
+            reward=reward,
+            dense_layers=dense_layers(c["num_hidden_layers"], c.get("first_k_dense_replace", 0),
+                                      c.get("moe_layer_freq", 1)) if self.settings.moe else (),
         )
-        self.gated = self.settings.gated
         self.reader = open_checkpoint(directory)
         for group in groups(self.shape):
             for name in hf_names(self.mapping, self.shape, group):

@@ -18,7 +18,9 @@ from modellink.checkpoint.megatron_writer import MODEL_FILENAME, TRACKER_FILENAM
 from modellink.checkpoint.rules import AttentionShape
 from modellink.checkpoint.safe_load import load_pt
 from modellink.checkpoint.shard import merge, split_expert_name
-from modellink.ops.activations import gated_mlp
+from modellink.checkpoint.split_rules import split_rules
+from modellink.models.moe import dense_layers
+from modellink.models.value_head import is_reward_model
 
 
 def _load(path: str) -> Dict[str, Any]:
@@ -41,10 +43,6 @@ class MegatronSource:
                                      else f"iter_{self.iteration:07d}")
         first = self._path_guess()
         self.args: argparse.Namespace = _load(first)["args"]
-        if getattr(self.args, "stage", None) == "rm":
-            # Its output layer is a replicated [1, hidden] value head, not a vocabulary split.
-            raise ConversionError(f"--load-dir {root} is a reward model (trained with --stage "
-                                  f"rm): converting one is not supported yet")
         self.layout: ParallelLayout = layout_from_args(self.args)
         missing = [p for p in self._all_paths() if not os.path.isfile(p)]
         if missing:
@@ -58,8 +56,14 @@ class MegatronSource:
             num_experts=getattr(self.args, "num_experts", None),
             tied=not self.args.untie_embeddings_and_output_weights,
             vocab_size=self.recorded_vocab_size() or self.args.padded_vocab_size,
+            reward=is_reward_model(self.args),
+            # Checkpoints written before DeepSeek's flags existed have every layer MoE.
+            dense_layers=dense_layers(self.args.num_layers,
+                                      getattr(self.args, "first_k_dense_replace", 0),
+                                      getattr(self.args, "moe_layer_freq", 1))
+            if getattr(self.args, "num_experts", None) else (),
         )
-        self.gated = gated_mlp(self.args)
+        self.rules = split_rules(self.args)
         self._stage: Optional[int] = None
         self._files: Dict[Tuple[int, int], Dict[str, Any]] = {}
 
@@ -104,7 +108,7 @@ class MegatronSource:
 
     def _merged(self, stage: int, chunk: int, name: str, ep_rank: int = 0) -> List[torch.Tensor]:
         shards = [self._chunk(stage, chunk, t, ep_rank)[name] for t in range(self.layout.tp)]
-        return merge(name, shards, self.gated)
+        return merge(name, shards, self.rules)
 
     def _top_level(self, stage: int, chunk: int, prefix: str) -> Dict[str, List[torch.Tensor]]:
         """Every tensor under `prefix` (the embedding with its norm, the final norm)."""
@@ -120,7 +124,10 @@ class MegatronSource:
         if group.kind == "final":
             stage, chunk = lay.pp - 1, len(lay.stages[-1]) - 1
             out = self._top_level(stage, chunk, FINAL_NORM.rsplit(".", 1)[0] + ".")
-            if not self.shape.tied:
+            if self.shape.reward:
+                # The value head is replicated: tensor-parallel rank 0 holds all of it.
+                out[OUTPUT] = [self._chunk(stage, chunk, 0)[OUTPUT]]
+            elif not self.shape.tied:
                 out[OUTPUT] = self._merged(stage, chunk, OUTPUT)
             return out
         stage, chunk, local = lay.locate(group.layer)

@@ -16,6 +16,7 @@ from modellink.checkpoint.layout import ParallelLayout
 from modellink.checkpoint.mappings import EMBEDDING, OUTPUT, Group, ModelShape
 from modellink.checkpoint.shard import (
     LINEAR_MODULES, expert_owner, pad_rows, split, split_expert_name)
+from modellink.checkpoint.split_rules import SplitRules
 
 TRACKER_FILENAME = "latest_checkpointed_iteration.txt"
 MODEL_FILENAME = "model_optim_rng.pt"
@@ -32,9 +33,9 @@ def _blocks(value: Union[torch.Tensor, List[torch.Tensor]]) -> List[torch.Tensor
 
 
 def _put(dicts: RankDicts, name: str, value: Union[torch.Tensor, List[torch.Tensor]],
-         layout: ParallelLayout, gated: bool, ep_rank: int = -1) -> None:
+         layout: ParallelLayout, rules: SplitRules, ep_rank: int = -1) -> None:
     """Split over TP and store on every expert rank (or just `ep_rank`)."""
-    for tp_rank, shard in enumerate(split(name, _blocks(value), layout.tp, gated)):
+    for tp_rank, shard in enumerate(split(name, _blocks(value), layout.tp, rules)):
         for ep in range(layout.ep):
             if ep_rank in (-1, ep):
                 dicts[(tp_rank, ep)][name] = shard
@@ -46,15 +47,15 @@ def _put(dicts: RankDicts, name: str, value: Union[torch.Tensor, List[torch.Tens
 
 
 def _chunk_dicts(read: Source, shape: ModelShape, layout: ParallelLayout, stage: int,
-                 chunk: int, padded_vocab: int, gated: bool, bar: tqdm) -> RankDicts:
+                 chunk: int, padded_vocab: int, rules: SplitRules, bar: tqdm) -> RankDicts:
     dicts: RankDicts = {(t, e): {} for t in range(layout.tp) for e in range(layout.ep)}
     first, last = layout.is_first(stage, chunk), layout.is_last(stage, chunk)
     if first:
         group = read(Group("embedding"))
         _put(dicts, EMBEDDING, pad_rows(_blocks(group.pop(EMBEDDING)), padded_vocab), layout,
-             gated)
+             rules)
         for name, tensor in group.items():  # e.g. an embedding norm
-            _put(dicts, name, tensor, layout, gated)
+            _put(dicts, name, tensor, layout, rules)
         bar.update()
     for local, layer in enumerate(layout.stages[stage][chunk]):
         prefix = f"decoder.layers.{layer}."
@@ -64,21 +65,26 @@ def _chunk_dicts(read: Source, shape: ModelShape, layout: ParallelLayout, stage:
                 head, expert, rest = split_expert_name(rel)
                 ep_rank, local_expert = expert_owner(expert, shape.num_experts, layout.ep)
                 _put(dicts, f"decoder.layers.{local}.{head}{local_expert}.{rest}", tensor,
-                     layout, gated, ep_rank)
+                     layout, rules, ep_rank)
             else:
-                _put(dicts, f"decoder.layers.{local}.{rel}", tensor, layout, gated)
+                _put(dicts, f"decoder.layers.{local}.{rel}", tensor, layout, rules)
         bar.update()
     if last:
         final = read(Group("final"))
         for name, tensor in final.items():  # the final norm (weight, and bias if any)
             if name != OUTPUT:
-                _put(dicts, name, tensor, layout, gated)
-        if OUTPUT in final:
-            _put(dicts, OUTPUT, pad_rows(_blocks(final[OUTPUT]), padded_vocab), layout, gated)
+                _put(dicts, name, tensor, layout, rules)
+        if shape.reward:
+            # The value head is replicated, whole, on every rank, with no extra state.
+            head = torch.cat(_blocks(final[OUTPUT]), dim=0)
+            for key in dicts:
+                dicts[key][OUTPUT] = head
+        elif OUTPUT in final:
+            _put(dicts, OUTPUT, pad_rows(_blocks(final[OUTPUT]), padded_vocab), layout, rules)
         elif not first:
             # Tied embeddings: the last stage keeps its own copy of the embedding as the head.
             embedding = pad_rows(_blocks(read(Group("embedding"))[EMBEDDING]), padded_vocab)
-            _put(dicts, OUTPUT, embedding, layout, gated)
+            _put(dicts, OUTPUT, embedding, layout, rules)
         else:
             for key in dicts:
                 dicts[key]["output_layer._extra_state"] = None
@@ -101,7 +107,7 @@ def _save_stage(per_chunk: List[RankDicts], layout: ParallelLayout, args: argpar
 
 
 def write_megatron(read: Source, shape: ModelShape, layout: ParallelLayout,
-                   args: argparse.Namespace, out_dir: str, iteration: int, gated: bool) -> None:
+                   args: argparse.Namespace, out_dir: str, iteration: int, rules: SplitRules) -> None:
     """Write `iter_XXXXXXX/mp_rank_*/model_optim_rng.pt` and the tracker under `out_dir`."""
     iter_dir = os.path.join(out_dir, f"iter_{iteration:07d}")
     for stage in range(layout.pp):
@@ -110,7 +116,7 @@ def write_megatron(read: Source, shape: ModelShape, layout: ParallelLayout,
         with tqdm(total=total, desc=f"write stage {stage + 1}/{layout.pp}", unit="group",
                   leave=False) as bar:
             per_chunk: List[RankDicts] = [
-                _chunk_dicts(read, shape, layout, stage, c, args.padded_vocab_size, gated, bar)
+                _chunk_dicts(read, shape, layout, stage, c, args.padded_vocab_size, rules, bar)
                 for c in range(len(chunks))]
         _save_stage(per_chunk, layout, args, iter_dir, stage, iteration)
         del per_chunk

@@ -1,6 +1,7 @@
-"""Tensor-parallel split/merge by megatron-core parameter name, vocab padding, expert placement.
+"""Tensor-parallel split/merge of megatron-core parameters, vocab padding, expert placement.
 
-Column-parallel weights split along rows (the fused QKV by whole query groups, since its
+Which axis a tensor splits along comes from the model's own modules (split_rules.py):
+column-parallel tensors split along rows (the fused QKV by whole query groups, since its
 groups are contiguous; SwiGLU's fc1 per half, as each rank holds [gate_shard; up_shard]),
 row-parallel weights along columns; everything else is replicated.
 """
@@ -11,13 +12,13 @@ from typing import List, Sequence, Tuple
 import torch
 
 from modellink.checkpoint.blocks import num_rows, take_rows
+from modellink.checkpoint.split_rules import SplitRules
 
-_COLUMN = ("linear_qkv.weight", "linear_qkv.bias", "linear_fc1.weight", "linear_fc1.bias",
-           "word_embeddings.weight", "output_layer.weight")
-_ROW = ("linear_proj.weight", "linear_fc2.weight")
-_GATED = ("linear_fc1.weight", "linear_fc1.bias")
+# MLA's projections (column-parallel, its down projections' outputs gathered again).
+_MLA = ("linear_q_proj", "linear_q_down_proj", "linear_q_up_proj", "linear_kv_down_proj",
+        "linear_kv_up_proj")
 # megatron-core linear layers carry an (empty) extra state that strict loading expects.
-LINEAR_MODULES = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2", "output_layer")
+LINEAR_MODULES = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2", "output_layer") + _MLA
 
 
 def owned(tensor: torch.Tensor) -> torch.Tensor:
@@ -37,20 +38,21 @@ def _join(parts: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat(list(parts), dim=0)
 
 
-def split(name: str, blocks: Sequence[torch.Tensor], tp: int, gated: bool) -> List[torch.Tensor]:
+def split(name: str, blocks: Sequence[torch.Tensor], tp: int,
+          rules: SplitRules) -> List[torch.Tensor]:
     """The `tp` shards of a tensor given as row blocks (the same object when replicated)."""
-    rows = num_rows(blocks)
-    if name.endswith(_ROW):
+    rows, dim = num_rows(blocks), rules.dim(name)
+    if dim == 1:
         full = blocks[0] if len(blocks) == 1 else torch.cat(list(blocks), dim=0)
         if tp == 1:
             return [_join([full])]
         return [owned(part) for part in torch.chunk(full, tp, dim=1)]
-    if gated and name.endswith(_GATED):
+    if rules.halves(name):
         half = rows // 2 // tp  # each rank: its slice of gate, then its slice of up
         return [_join(take_rows(blocks, r * half, (r + 1) * half)
                       + take_rows(blocks, rows // 2 + r * half, rows // 2 + (r + 1) * half))
                 for r in range(tp)]
-    if name.endswith(_COLUMN):
+    if dim == 0:
         step = rows // tp
         return [_join(take_rows(blocks, r * step, (r + 1) * step)) for r in range(tp)]
     return [_join(blocks)] * tp
@@ -65,16 +67,17 @@ def pad_rows(blocks: Sequence[torch.Tensor], rows: int) -> List[torch.Tensor]:
     return list(blocks) + [torch.zeros(rows - have, *first.shape[1:], dtype=first.dtype)]
 
 
-def merge(name: str, shards: List[torch.Tensor], gated: bool) -> List[torch.Tensor]:
+def merge(name: str, shards: List[torch.Tensor], rules: SplitRules) -> List[torch.Tensor]:
     """The full tensor of `tp` shards, as row blocks (views wherever rows line up)."""
+    dim = rules.dim(name)
     if len(shards) == 1:
         return [shards[0]]
-    if name.endswith(_ROW):
+    if dim == 1:
         return [torch.cat(shards, dim=1)]
-    if gated and name.endswith(_GATED):
+    if rules.halves(name):
         halves = [torch.chunk(shard, 2, dim=0) for shard in shards]
         return [h[0] for h in halves] + [h[1] for h in halves]
-    if name.endswith(_COLUMN):
+    if dim == 0:
         return list(shards)
     return [shards[0]]
 

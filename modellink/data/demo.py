@@ -9,6 +9,10 @@
 * ``DIR/test.jsonl``        held-out arithmetic ``{"question": "3 + 4 =", "answer": "7"}``;
   no operand pair in it appears in the training files, so exact match measures
   generalisation, not recall;
+* ``DIR/pairs_train.jsonl`` and ``DIR/pairs_test.jsonl`` preference pairs for DPO, records
+  ``{"instruction": "27 + 15 =", "input": "", "chosen": "42", "rejected": "32"}`` (what
+  preprocess_data.py's AlpacaStylePairwiseHandler reads): the right answer preferred to a
+  plausible wrong one; the test pairs ask the test questions, so they are held out too;
 * ``DIR/tokenizer/``        a byte-level BPE tokenizer trained on the corpus with the
   ``tokenizers`` library (digits split one per token so arithmetic is learnable), saved as a
   Hugging Face tokenizer folder with ``<s>``/``</s>``/``<pad>``/``<unk>`` special tokens.
@@ -25,6 +29,7 @@ from typing import Dict, Iterator, List, Sequence, Tuple
 MAX_OPERAND = 49
 STATEMENTS_PER_DOCUMENT = 8
 NUM_TEST = 200
+NUM_TRAIN_PAIRS = 1000
 VOCAB_SIZE = 512
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")
 
@@ -59,6 +64,32 @@ def _arithmetic_pairs(rng: random.Random) -> Tuple[List[Tuple[int, str, int]], L
 
 def _solve(a: int, op: str, b: int) -> int:
     return a + b if op == "+" else a - b
+
+
+def wrong_answer(a: int, op: str, b: int, rng: random.Random) -> int:
+    """A mistake a learner makes: the carry (or borrow) forgotten, where there is one, or one
+    digit of the answer off by one; never the right answer and never negative."""
+    right = _solve(a, op, b)
+    digits = str(right)
+    mistakes = set()
+    for position, digit in enumerate(digits):
+        for changed in (int(digit) - 1, int(digit) + 1):
+            # A leading zero would only spell a shorter number.
+            if 0 <= changed <= 9 and not (position == 0 and changed == 0 and len(digits) > 1):
+                mistakes.add(int(digits[:position] + str(changed) + digits[position + 1:]))
+    tens, units = divmod(a, 10)
+    b_tens, b_units = divmod(b, 10)
+    if op == "+" and units + b_units >= 10:
+        mistakes.add((tens + b_tens) * 10 + (units + b_units) % 10)
+    if op == "-" and units < b_units:  # "the smaller digit from the larger one"
+        mistakes.add((tens - b_tens) * 10 + b_units - units)
+    mistakes.discard(right)
+    return rng.choice(sorted(mistakes))
+
+
+def _pairs(problems: Sequence[Tuple[int, str, int]], rng: random.Random) -> List[Dict[str, str]]:
+    return [{"instruction": f"{a} {op} {b} =", "input": "", "chosen": str(_solve(a, op, b)),
+             "rejected": str(wrong_answer(a, op, b, rng))} for a, op, b in problems]
 
 
 def _training_examples(num_train: int, rng: random.Random,
@@ -107,7 +138,8 @@ def _train_tokenizer(texts: Sequence[str], output_dir: str) -> None:
 
 
 def generate_demo(output_dir: str, num_train: int = 4000, seed: int = 1234) -> Dict[str, str]:
-    """Writes the demo corpus, instruction set, test split and tokenizer; returns their paths."""
+    """Writes the demo corpus, instruction set, test split, preference pairs and tokenizer;
+    returns their paths."""
     if num_train < 1:
         raise ValueError(f"num_train must be positive, got {num_train}")
     os.makedirs(output_dir, exist_ok=True)
@@ -118,13 +150,18 @@ def generate_demo(output_dir: str, num_train: int = 4000, seed: int = 1234) -> D
     statements = [_statement(q, a) for q, a in examples]
     documents = ["\n".join(statements[i:i + STATEMENTS_PER_DOCUMENT])
                  for i in range(0, len(statements), STATEMENTS_PER_DOCUMENT)]
+    # Drawn after the examples, so the pairs leave the other files as they were without them.
+    train_pairs = _pairs([rng.choice(train_problems) for _ in range(NUM_TRAIN_PAIRS)], rng)
+    test_pairs = _pairs(test_problems, rng)
     paths = {name: os.path.join(output_dir, f"{name}.jsonl")
-             for name in ("pretrain", "instruction", "test")}
+             for name in ("pretrain", "instruction", "test", "pairs_train", "pairs_test")}
     _write_jsonl(paths["pretrain"], [{"text": d} for d in documents])
     _write_jsonl(paths["instruction"],
                  [{"instruction": q, "input": "", "output": a} for q, a in examples])
     _write_jsonl(paths["test"], [{"question": f"{a} {op} {b} =", "answer": str(_solve(a, op, b))}
                                  for a, op, b in test_problems])
+    _write_jsonl(paths["pairs_train"], train_pairs)
+    _write_jsonl(paths["pairs_test"], test_pairs)
     paths["tokenizer"] = os.path.join(output_dir, "tokenizer")
     _train_tokenizer(documents, paths["tokenizer"])
     return paths

@@ -108,9 +108,20 @@ TEMPLATE_DEFINITIONS: Tuple[dict, ...] = (
      "observation": ["<|im_start|>tool\n{{content}}<|im_end|>\n<|im_start|>assistant\n"],
      "separator": ["\n"], "default_system": "Du bist ein freundlicher und hilfsbereiter KI-Assistent.",
      "stop_words": ["<|im_end|>", "<|im_start|>"], "replace_eos": True},
-    # Baichuan 2's chat markers; the model's tokenizer has them as special tokens.
+    # Baichuan-13B-Chat's and Baichuan 2's chat markers; their tokenizers have them as special
+    # tokens.
+    {"name": "baichuan", "user": ["<reserved_102>{{content}}<reserved_103>"],
+     "efficient_eos": True},
     {"name": "baichuan2", "user": ["<reserved_106>{{content}}<reserved_107>"], "efficient_eos": True},
     {"name": "cpm", "prefix": [BOS], "user": ["<用户>{{content}}<AI>"]},
+    # InternLM-chat's markers (<eoa> ends a reply); InternLM2-chat is ChatML after BOS.
+    {"name": "intern", "prefix": [BOS], "user": ["<|User|>:{{content}}<eoh>\n<|Bot|>:"],
+     "system": ["<|System|>:{{content}}\n"], "separator": ["\n"], "stop_words": ["<eoa>"],
+     "replace_eos": True},
+    {"name": "intern2", "prefix": [BOS],
+     "user": ["<|im_start|>user\n{{content}}<|im_end|>\n<|im_start|>assistant\n"],
+     "system": ["<|im_start|>system\n{{content}}<|im_end|>\n"], "separator": ["\n"],
+     "stop_words": ["<|im_end|>"], "replace_eos": True},
     *({"name": name, "prefix": [BOS], "user": ["User: {{content}}\n\nAssistant:"],
        "system": ["{{content}}\n\n"]} for name in ("deepseek2", "deepseek2-lite", "minicpm3")),
 )

@@ -15,13 +15,18 @@ from modellink.writable import writable_dir_problem
 _SAMPLING_DEFAULTS = {"top_k": 0, "top_p": 0.9, "temperature": 0.5}
 BENCHMARKS = ("mmlu", "ceval", "gsm8k", "boolq", "bbh", "agieval", "human_eval", "exact_match")
 LM_EVAL_PREFIX = "lm_eval:"
+# Tasks that read a Megatron dataset from --data-path instead of a --task-data-path folder.
+DATASET_TASKS = {"ppl": "a Megatron .bin/.idx dataset",
+                 "preference": "a pairwise dataset from AlpacaStylePairwiseHandler",
+                 "rm_accuracy": "a pairwise dataset from AlpacaStylePairwiseHandler"}
 
 
 def _task_name(value: str) -> str:
-    if value in BENCHMARKS or value == "ppl" or value.startswith(LM_EVAL_PREFIX):
+    if value in BENCHMARKS or value in DATASET_TASKS or value.startswith(LM_EVAL_PREFIX):
         return value
     raise argparse.ArgumentTypeError(
-        f"unknown task {value!r}; choose from {', '.join(BENCHMARKS)}, ppl or lm_eval:<task>")
+        f"unknown task {value!r}; choose from {', '.join(BENCHMARKS)}, ppl, preference, "
+        f"rm_accuracy or lm_eval:<task>")
 
 
 def add_evaluation_args(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +34,8 @@ def add_evaluation_args(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(**_SAMPLING_DEFAULTS)
     g = parser.add_argument_group("evaluation")
     g.add_argument("--task", nargs="+", required=True, type=_task_name,
-                   help=f"{' '.join(BENCHMARKS)}, ppl (on --data-path) or lm_eval:<harness task>")
+                   help=f"{' '.join(BENCHMARKS)}, ppl, preference or rm_accuracy (on "
+                        f"--data-path) or lm_eval:<harness task>")
     g.add_argument("--task-data-path", nargs="+", default=[],
                    help="one folder per benchmark task, in the order of --task")
     g.add_argument("--evaluation-batch-size", type=int, default=1)
@@ -60,12 +66,17 @@ def parse_evaluation_args(argv: Optional[Sequence[str]] = None,
                           world_size: Optional[int] = None) -> argparse.Namespace:
     args = parse_inference_args(argv, add_evaluation_args, world_size)
     args.sample_replies = not args.greedy and _sampling_asked(argv)
-    benchmarks = [t for t in args.task if t != "ppl" and not t.startswith(LM_EVAL_PREFIX)]
+    benchmarks = [t for t in args.task
+                  if t not in DATASET_TASKS and not t.startswith(LM_EVAL_PREFIX)]
     if len(args.task_data_path) != len(benchmarks):
         raise ArgumentError(f"--task-data-path needs one folder per benchmark task "
                             f"({', '.join(benchmarks) or 'none'}), got {len(args.task_data_path)}")
-    if "ppl" in args.task and not args.data_path:
-        raise ArgumentError("--task ppl needs --data-path PREFIX (a Megatron .bin/.idx dataset)")
+    for task, dataset in DATASET_TASKS.items():
+        if task in args.task and not args.data_path:
+            raise ArgumentError(f"--task {task} needs --data-path PREFIX ({dataset})")
+    if "rm_accuracy" in args.task and len(args.task) > 1:
+        raise ArgumentError("--task rm_accuracy scores with a reward model: run it on its own, "
+                            "the other tasks with a language model")
     if args.evaluation_batch_size < 1:
         raise ArgumentError(f"--evaluation-batch-size must be >= 1, got "
                             f"{args.evaluation_batch_size}")

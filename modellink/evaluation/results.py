@@ -11,6 +11,7 @@ class TaskResult:
     task: str
     subjects: Dict[str, List[int]] = field(default_factory=dict)  # subject -> [correct, total]
     extra: Dict[str, float] = field(default_factory=dict)  # e.g. perplexity figures
+    records: List[Dict[str, float]] = field(default_factory=list)  # per item, JSON only
 
     def add(self, subject: str, correct: bool) -> None:
         counts = self.subjects.setdefault(subject, [0, 0])
@@ -47,6 +48,8 @@ class TaskResult:
                                for s, (c, t) in self.subjects.items()}
             out["total"] = {"correct": self.correct, "total": self.total,
                             "accuracy": self.accuracy}
+        if self.records:
+            out["records"] = self.records
         return out
 
 

@@ -8,11 +8,13 @@ from typing import List, Optional, Sequence
 import torch
 
 from modellink.argument_errors import ArgumentError
-from modellink.evaluation.arguments import LM_EVAL_PREFIX, parse_evaluation_args
+from modellink.evaluation.arguments import DATASET_TASKS, LM_EVAL_PREFIX, parse_evaluation_args
 from modellink.evaluation.benchmarks import load_questions
 from modellink.evaluation.lm import ModelLinkLM
 from modellink.evaluation.perplexity import perplexity
+from modellink.evaluation.preference import preference_accuracy, read_pairs
 from modellink.evaluation.results import TaskResult, write_results
+from modellink.evaluation.rm_accuracy import TASK, check_reward_checkpoint, rm_accuracy
 from modellink.evaluation.scoring import score
 from modellink.inference.model import load_model
 
@@ -31,7 +33,12 @@ def run(argv: Optional[Sequence[str]] = None) -> List[TaskResult]:
     paths = iter(args.task_data_path)
     questions = {task: load_questions(task, next(paths), args.eval_language,
                                       args.instruction_template, args.max_eval_samples)
-                 for task in args.task if task != "ppl" and not task.startswith(LM_EVAL_PREFIX)}
+                 for task in args.task
+                 if task not in DATASET_TASKS and not task.startswith(LM_EVAL_PREFIX)}
+    pairs = read_pairs(args) if {"preference", TASK} & set(args.task) else []
+    if TASK in args.task:
+        check_reward_checkpoint(args.load)
+        args.stage = "rm"  # the value head in place of the vocabulary output layer
     model = load_model(args)
     results: List[TaskResult] = []
     try:
@@ -39,6 +46,10 @@ def run(argv: Optional[Sequence[str]] = None) -> List[TaskResult]:
         for task in args.task:
             if task == "ppl":
                 results.append(perplexity(lm, args))
+            elif task == "preference":
+                results.append(preference_accuracy(model, pairs, args.evaluation_batch_size))
+            elif task == TASK:
+                results.append(rm_accuracy(model, pairs, args.evaluation_batch_size))
             elif task in questions:
                 results.append(score(task, lm, questions[task], args.evaluation_batch_size,
                                      args.max_new_tokens, args.human_eval_timeout,

@@ -67,7 +67,7 @@ def beam_search(model: InferenceModel, prompt: List[int], config: GenerationConf
     scores = torch.full((1, beams), _NEG)
     finished = torch.zeros(1, beams, dtype=torch.bool)
     improvable = torch.ones(1, 1, dtype=torch.bool)
-    cache = model.new_cache(beams, max_len) if config.use_kv_cache else None
+    cache = model.decoding_cache(beams, max_len) if config.use_kv_cache else None
     generator = torch.Generator(device=model.device).manual_seed(config.seed)
     cur = prompt_len
     while True:

@@ -97,7 +97,7 @@ def decode_steps(model: InferenceModel, prompts: Sequence[Sequence[int]], config
     for row, prompt in enumerate(prompts):
         tokens[row, :len(prompt)] = torch.tensor(prompt)
     stops = torch.tensor(stop_ids(model, config))
-    cache = model.new_cache(batch, total) if config.use_kv_cache else None
+    cache = model.decoding_cache(batch, total) if config.use_kv_cache else None
     generator = torch.Generator(device=model.device).manual_seed(config.seed)
     done = torch.zeros(batch, dtype=torch.bool)
     fed, position = 0, int(lengths.min())

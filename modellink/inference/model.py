@@ -6,7 +6,9 @@ stage returns the logits, gathered over tensor-parallel ranks. Decisions taken o
 logits (the next token, a score) are made on the last stage and broadcast to the other
 model-parallel ranks with `share_from_last_stage`, so that every rank continues alike.
 
-KV cache: megatron-core's StaticInferenceContext, filled by GPTModel itself (keys/values per
+KV cache: for the common dense layout, `decoding_cache` gives a `layer_walk.DecodingCache` and
+steps walk the layers' weights directly (layer_walk.py says why); otherwise, and from
+`new_cache`, megatron-core's StaticInferenceContext, filled by GPTModel itself (keys/values per
 layer, preallocated for the batch and --max-length). megatron-core's StaticInferenceEngine
 is not used: on this backend it measured ~70 ms per token on a 4-layer toy model where the
 loop below takes ~6 ms, it has no beam search, and its dynamic path needs flash-attn kernels.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 import torch
 from megatron.core import parallel_state
@@ -23,6 +25,7 @@ from megatron.core.inference.contexts import StaticInferenceContext
 from megatron.core.num_microbatches_calculator import destroy_num_microbatches_calculator
 
 from modellink.data.tokenizers import Tokenizer, build_tokenizer
+from modellink.inference.layer_walk import DecodingCache, LayerWalk
 from modellink.models.gpt import build_model_chunks, transformer_config_from_args
 from modellink.training.checkpoint.checkpointing import CheckpointError, load_checkpoint, read_tracker
 from modellink.training.initialize import initialize, shutdown
@@ -37,6 +40,7 @@ class InferenceModel:
     hidden_size: int
     dtype: torch.dtype
     device: torch.device
+    walk: Optional[LayerWalk] = None
 
     @property
     def vocab_size(self) -> int:
@@ -48,17 +52,30 @@ class InferenceModel:
         return parallel_state.is_pipeline_last_stage(ignore_virtual=True)
 
     def new_cache(self, batch: int, max_length: int) -> StaticInferenceContext:
+        """A cache that megatron-core's own forward fills."""
         return StaticInferenceContext(batch, max_length)
 
+    def decoding_cache(self, batch: int, max_length: int
+                       ) -> Union[DecodingCache, StaticInferenceContext]:
+        """The fastest cache this model decodes with (the layer walk's where it applies)."""
+        if self.walk is None:
+            return self.new_cache(batch, max_length)
+        return self.walk.new_cache(batch, max_length)
+
     @torch.inference_mode()
-    def logits(self, tokens: torch.Tensor, cache: Optional[StaticInferenceContext] = None
+    def logits(self, tokens: torch.Tensor,
+               cache: Union[DecodingCache, StaticInferenceContext, None] = None
                ) -> Optional[torch.Tensor]:
         """float32 logits [b, s, vocab] on the last stage (None elsewhere); with `cache`, only
         the last position's ([b, 1, vocab]) and `tokens` continue the cached sequence."""
         offset = cache.sequence_len_offset if cache is not None else 0
         tokens = tokens.to(self.device)
-        positions = torch.arange(offset, offset + tokens.shape[1]).unsqueeze(0).expand_as(tokens)
-        output = self._pipeline_forward(tokens, positions, cache)
+        positions = torch.arange(offset, offset + tokens.shape[1],
+                                 device=self.device).unsqueeze(0).expand_as(tokens)
+        if isinstance(cache, DecodingCache):
+            output = self.walk.forward(tokens, positions, cache)
+        else:
+            output = self._pipeline_forward(tokens, positions, cache)
         if cache is not None:
             cache.increment_sequence_len_offset(tokens.shape[1])
         if not self.is_last_stage:
@@ -131,4 +148,5 @@ def load_model(args: argparse.Namespace) -> InferenceModel:
     for chunk in chunks:
         chunk.to(device).eval()
         chunk.requires_grad_(False)
-    return InferenceModel(args, chunks, tokenizer, args.hidden_size, config.params_dtype, device)
+    return InferenceModel(args, chunks, tokenizer, args.hidden_size, config.params_dtype, device,
+                          LayerWalk.of(chunks))

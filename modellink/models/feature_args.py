@@ -1,5 +1,5 @@
-"""Architecture flags beyond Llama's (ModelLink's names): what Gemma, Gemma 2 and Bloom need,
-and Megatron-LM's residual-stream options (built in modellink/models/residual.py).
+"""Architecture flags beyond Llama's (ModelLink's names): what Gemma, Gemma 2, Bloom and MiniCPM
+need, and Megatron-LM's residual-stream options (built in modellink/models/residual.py).
 Added to the training parser by modellink.arguments and checked against the rest of the
 command line; each changes the model built in modellink/models (see the help texts)."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from modellink.argument_errors import require
 SWITCHES = ("geglu", "gelu_tanh", "openai_gelu", "add_rmsnorm_offset", "input_embeds_norm",
             "embed_layernorm", "post_norm", "apply_residual_connection_post_layernorm")
 VALUED = ("attn_logit_softcapping", "output_logit_softcapping", "query_pre_attn_scalar",
-          "interleave_sliding_window")
+          "interleave_sliding_window", "scale_emb", "dim_model_base", "scale_depth")
 
 
 def add_model_feature_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +46,14 @@ def add_model_feature_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--interleave-sliding-window", type=int, default=None,
                    help="layers 1, 3, 5, ... attend only the W most recent keys, the query's own "
                         "included (Gemma 2's sliding_window)")
+    g.add_argument("--scale-emb", type=float, default=None,
+                   help="multiply the word embeddings by this (MiniCPM's scale_emb)")
+    g.add_argument("--dim-model-base", type=float, default=None,
+                   help="divide the final hidden states by --hidden-size / this before the "
+                        "output layer (MiniCPM's muP width scaling)")
+    g.add_argument("--scale-depth", type=float, default=None,
+                   help="scale each attention and MLP output by this / sqrt(--num-layers) "
+                        "before its residual add (MiniCPM)")
 
 
 def validate_model_features(args: argparse.Namespace) -> None:
@@ -66,8 +74,15 @@ def validate_model_features(args: argparse.Namespace) -> None:
             "with --position-embedding-type learned_absolute")
     for flag, value in (("--attn-logit-softcapping", args.attn_logit_softcapping),
                         ("--output-logit-softcapping", args.output_logit_softcapping),
-                        ("--query-pre-attn-scalar", args.query_pre_attn_scalar)):
+                        ("--query-pre-attn-scalar", args.query_pre_attn_scalar),
+                        ("--scale-emb", args.scale_emb),
+                        ("--dim-model-base", args.dim_model_base),
+                        ("--scale-depth", args.scale_depth)):
         require(value is None or value > 0, f"{flag} must be > 0, got {value}")
+    require(args.scale_emb is None or not args.input_embeds_norm,
+            "--scale-emb and --input-embeds-norm both scale the word embeddings; use one")
+    require(args.scale_depth is None or not args.post_norm,
+            "--scale-depth cannot be combined with --post-norm, whose norms would undo it")
     require(args.attn_logit_softcapping is None or not args.use_flash_attn,
             "--attn-logit-softcapping runs on the reference attention path only; drop "
             "--use-flash-attn (the fused kernels here cannot soft-cap)")

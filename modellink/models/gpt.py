@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -12,12 +13,14 @@ from megatron.core.transformer.transformer_block import (
     TransformerBlockSubmodules,
     get_num_layers_to_build,
 )
-from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.transformer.transformer_config import MLATransformerConfig, TransformerConfig
+from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
 from modellink.models.gpt_model import ModelLinkGPTModel
 from modellink.models.layer_spec import decoder_layer_spec, norm_spec, window_from_args
 from modellink.models.lora import with_adapters
-from modellink.models.moe import moe_config_kwargs
+from modellink.models.mla import mla_config_kwargs
+from modellink.models.moe import moe_config_kwargs, moe_layer_pattern
 from modellink.models.value_head import attach_value_head, is_reward_model
 from modellink.ops.activations import activation_from_args
 from modellink.ops.rope_scaling import RopeScaling, scaled_inv_freq
@@ -109,6 +112,10 @@ def transformer_config_from_args(args: argparse.Namespace, device: str) -> Trans
     if args.pipeline_layers is not None:
         kwargs["pipeline_model_parallel_layout"] = _layout_from_layer_list(args.pipeline_layers)
     kwargs.update(moe_config_kwargs(args))
+    mla = mla_config_kwargs(args)
+    if mla:
+        # MLA applies its RoPE (and YaRN's scaling) itself, from these fields.
+        return MLATransformerConfig(**kwargs, **mla)
     scaling = rope_scaling_from_args(args)
     if scaling is not None and scaling.kind == "yarn":
         # Hugging Face's attention factor: mscale / mscale_all_dim only when both are set.
@@ -137,10 +144,17 @@ def build_model_chunks(args: argparse.Namespace, config: TransformerConfig) -> L
 
 def _build_chunk(args: argparse.Namespace, config: TransformerConfig,
                  vp_stage: Optional[int]) -> GPTModel:
-    layer = with_adapters(decoder_layer_spec(args), args)
     local_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
-    block = TransformerBlockSubmodules(layer_specs=[layer] * local_layers,
-                                       layer_norm=norm_spec(args))
+    if args.num_experts is None:
+        layers = [with_adapters(decoder_layer_spec(args), args)] * local_layers
+    else:
+        # DeepSeek's dense first layers (--first-k-dense-replace, --moe-layer-freq).
+        offset = get_transformer_layer_offset(config, vp_stage=vp_stage)
+        pattern = moe_layer_pattern(args)[offset:offset + local_layers]
+        specs = {moe: with_adapters(decoder_layer_spec(args, bool(moe)), args)
+                 for moe in set(pattern)}
+        layers = [specs[moe] for moe in pattern]
+    block = TransformerBlockSubmodules(layer_specs=layers, layer_norm=norm_spec(args))
     model = ModelLinkGPTModel(
         config=config,
         transformer_layer_spec=block,
@@ -161,9 +175,14 @@ def _build_chunk(args: argparse.Namespace, config: TransformerConfig,
         scale_embeddings=args.input_embeds_norm,
         embedding_norm=norm_spec(args) if args.embed_layernorm else None,
         output_softcap=args.output_logit_softcapping,
+        embedding_scale=args.scale_emb,
+        logits_divisor=(None if args.dim_model_base is None
+                        else args.hidden_size / args.dim_model_base),
+        branch_scale=(None if args.scale_depth is None
+                      else args.scale_depth / math.sqrt(args.num_layers)),
     )
     scaling = rope_scaling_from_args(args)
-    if scaling is not None:
+    if scaling is not None and not args.multi_head_latent_attention:
         # GPTModel builds plain RoPE; its frequencies are an attribute read on every forward
         # (cached per length), so replacing them before the first forward rescales every layer.
         rotary = model.rotary_pos_emb

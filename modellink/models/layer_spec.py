@@ -7,6 +7,7 @@ log names exactly what runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Optional
@@ -25,7 +26,8 @@ from megatron.core.transformer.transformer_layer import TransformerLayerSubmodul
 
 from modellink.context_parallel_args import context_parallel_settings
 from modellink.models.decoding_layer import DecodingTransformerLayer
-from modellink.models.moe import expert_path, use_grouped_gemm
+from modellink.models.mla import mla_attention_spec
+from modellink.models.moe import expert_path, router_spec, use_grouped_gemm
 from modellink.models.residual import PostLayerNormResidualLayer, fp32_residual_bias_dropout_add
 from modellink.models.sandwich_layer import SandwichLayerSubmodules, SandwichNormLayer
 from modellink.ops.activations import mlp_activation
@@ -105,12 +107,17 @@ class _ModelLinkSpecProvider(LocalSpecProvider):
         return self._norm
 
 
-def _mlp_spec(args: argparse.Namespace, ops: OperatorChoices) -> ModuleSpec:
-    if args.num_experts is not None:
+def _mlp_spec(args: argparse.Namespace, ops: OperatorChoices, moe: bool) -> ModuleSpec:
+    if moe:
         # MoE experts keep megatron-core's linears and activation path.
-        return get_mlp_module_spec_for_backend(backend=_ModelLinkSpecProvider(args),
+        spec = get_mlp_module_spec_for_backend(backend=_ModelLinkSpecProvider(args),
                                                num_experts=args.num_experts,
                                                moe_grouped_gemm=use_grouped_gemm(args))
+        router = router_spec(args)
+        if router is not None:
+            spec = dataclasses.replace(
+                spec, submodules=dataclasses.replace(spec.submodules, router=router))
+        return spec
     submodules = MLPSubmodules(
         linear_fc1=MC2ColumnParallelLinear if ops.fused_mc2 else ColumnParallelLinear,
         linear_fc2=MC2RowParallelLinear if ops.fused_mc2 else RowParallelLinear)
@@ -169,19 +176,23 @@ def _self_attention_spec(ops: OperatorChoices, qk_norm: ModuleSpec,
     )
 
 
-def decoder_layer_spec(args: argparse.Namespace) -> ModuleSpec:
-    """One decoder layer for `args.device` (the backend initialize() resolved)."""
+def decoder_layer_spec(args: argparse.Namespace, moe: Optional[bool] = None) -> ModuleSpec:
+    """One decoder layer for `args.device` (the backend initialize() resolved); `moe` False
+    gives an MoE model's dense layer (default: MoE whenever --num-experts is set)."""
     ops = operator_choices(args, args.device)
     norm = norm_spec(args)
     bda = fp32_residual_bias_dropout_add if args.fp32_residual_connection else get_bias_dropout_add
+    if args.multi_head_latent_attention:
+        attention = mla_attention_spec(ops.attention, norm, args.qk_layernorm)
+    else:
+        attention = _self_attention_spec(ops, norm if args.qk_layernorm else IdentityOp,
+                                         context_parallel_settings(args), args.add_dense_bias)
     submodules = dict(
         input_layernorm=norm,
-        self_attention=_self_attention_spec(ops, norm if args.qk_layernorm else IdentityOp,
-                                            context_parallel_settings(args),
-                                            args.add_dense_bias),
+        self_attention=attention,
         self_attn_bda=bda,
         pre_mlp_layernorm=norm,
-        mlp=_mlp_spec(args, ops),
+        mlp=_mlp_spec(args, ops, args.num_experts is not None if moe is None else moe),
         mlp_bda=bda,
     )
     if args.post_norm:
@@ -228,6 +239,10 @@ def operator_paths(args: argparse.Namespace, device: str) -> str:
             attention += ", alibi"
         if ops.attention.softcap is not None:
             attention += f", logit soft-cap {ops.attention.softcap}"
+    if args.multi_head_latent_attention:
+        path = ops.attention.path if ops.attention is not None else "sdpa"
+        attention = f"multi-head latent attention (megatron-core) on {PATH_NAMES[path]}" + (
+            ", values zero-padded to the key width" if path in ("npu", "flash-attn") else "")
     if args.position_embedding_type != "rope":
         rotary = "n/a"
     else:

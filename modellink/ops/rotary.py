@@ -7,6 +7,13 @@ Paths: reference -> megatron-core's `_apply_rotary_pos_emb_bshd`; npu -> torch_n
 (SBND input with S11D cos/sin); cuda -> flash-attn's Triton rotary kernel when flash-attn is
 installed, else `_RotaryMul`; cpu -> `_RotaryMul`, one autograd node whose backward is the same
 rotation with -sin (nothing but cos/sin kept for backward).
+
+`_RotaryMul` works on the two halves of the rotated channels in place of rotate_half's negation
+and concatenation (a measured ~10% of a CPU training step): with half-width cos/sin c, s,
+y1 = t1*c - t2*s and y2 = t2*c + t1*s, each written straight into its half of the output; the
+products and sums are the reference's, so the result is bit-identical to it. The output is laid
+out in memory as [b, heads, s, d] (a [s, b, heads, d] view of it), the layout SDPA reads, so the
+attention after it does not copy query and key again.
 """
 from __future__ import annotations
 
@@ -26,15 +33,6 @@ RotaryFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 class RotaryImpl:
     name: str
     fn: RotaryFn
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    first, second = torch.chunk(x, 2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
-
-
-def rotate(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    return t * cos + rotate_half(t) * sin
 
 
 def cos_sin(freqs: torch.Tensor, mscale: float, dtype: torch.dtype
@@ -61,27 +59,58 @@ def rotary_reference(t: torch.Tensor, freqs: torch.Tensor, mscale: float) -> tor
     return _apply_rotary_pos_emb_bshd(t, freqs, mscale=mscale)
 
 
+def _half_tables(freqs: torch.Tensor, mscale: float, dtype: torch.dtype
+                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+    # The angles repeat over the two halves of rot_dim: one half is enough.
+    return cos_sin(freqs[..., : freqs.shape[-1] // 2], mscale, dtype)
+
+
+def _attention_layout(t: torch.Tensor) -> torch.Tensor:
+    """An empty [s, b, heads, d] tensor whose memory is [b, heads, s, d]-contiguous."""
+    s, b, heads, dim = t.shape
+    return t.new_empty(b, heads, s, dim).permute(2, 0, 1, 3)
+
+
+def _rotate_halves(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float,
+                   out: torch.Tensor) -> torch.Tensor:
+    """[t1*c - sign*t2*s, t2*c + sign*t1*s] over the first 2 * c.shape[-1] channels, written
+    into `out`; the rest pass through. sign=1 rotates, sign=-1 is its transpose (backward)."""
+    half = cos.shape[-1]
+    first, second = t[..., :half], t[..., half: 2 * half]
+    torch.mul(first, cos, out=out[..., :half])
+    torch.mul(second, cos, out=out[..., half: 2 * half])
+    if sign > 0:
+        out[..., :half].sub_(second * sin)
+        out[..., half: 2 * half].add_(first * sin)
+    else:
+        out[..., :half].add_(second * sin)
+        out[..., half: 2 * half].sub_(first * sin)
+    if 2 * half < t.shape[-1]:
+        out[..., 2 * half:].copy_(t[..., 2 * half:])
+    return out
+
+
 class _RotaryMul(torch.autograd.Function):
     """y = t*cos + R(t)*sin with R = rotate_half. R is linear with R^T = -R, and sin repeats over
-    the two halves, so dL/dt = g*cos - R(g)*sin."""
+    the two halves, so dL/dt = g*cos - R(g)*sin: the same rotation with -sin."""
 
     @staticmethod
     def forward(ctx: object, t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
                 ) -> torch.Tensor:
         ctx.save_for_backward(cos, sin)
-        return rotate(t, cos, sin)
+        return _rotate_halves(t, cos, sin, 1.0, _attention_layout(t))
 
     @staticmethod
     def backward(ctx: object, grad: torch.Tensor):
         cos, sin = ctx.saved_tensors
-        return grad * cos - rotate_half(grad) * sin, None, None
+        return _rotate_halves(grad, cos, sin, -1.0, torch.empty_like(grad)), None, None
 
 
 def rotary_autograd(t: torch.Tensor, freqs: torch.Tensor, mscale: float) -> torch.Tensor:
-    cos, sin = cos_sin(freqs, mscale, t.dtype)
+    cos, sin = _half_tables(freqs, mscale, t.dtype)
     if not records_grad(t):
-        return _split_rotary(t, freqs, lambda x: rotate(x, cos, sin))
-    return _split_rotary(t, freqs, lambda x: _RotaryMul.apply(x, cos, sin))
+        return _rotate_halves(t, cos, sin, 1.0, _attention_layout(t))
+    return _RotaryMul.apply(t, cos, sin)
 
 
 def rotary_flash_attn(t: torch.Tensor, freqs: torch.Tensor, mscale: float) -> torch.Tensor:

@@ -8,12 +8,15 @@ from typing import List, Optional
 
 from modellink.backend.cpu import cpu_patches
 from modellink.patches.forward_only import forward_only_patches
+from modellink.patches.mla import mla_patches
 from modellink.patches.moe import moe_patches
+from modellink.patches.multi_tensor import multi_tensor_patches
 from modellink.patches.optimizer import optimizer_patches
 from modellink.patches.registry import Patch, PatchRegistry
 
 REGISTRY = PatchRegistry()
-for _patch in cpu_patches() + forward_only_patches() + moe_patches() + optimizer_patches():
+for _patch in (cpu_patches() + forward_only_patches() + mla_patches() + moe_patches()
+               + optimizer_patches() + multi_tensor_patches()):
     REGISTRY.register(_patch)
 
 

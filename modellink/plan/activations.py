@@ -4,11 +4,13 @@ Activation Recomputation in Large Transformer Models" (2022), generalised to our
 The paper's GPT layer stores sbh(34 + 5as/h) bytes in 16 bits: 10sbh that tensor parallelism
 leaves whole (two norm inputs, the QKV and fc1 inputs, two dropout masks), 24sbh it splits
 (Q, K, V, the projection input, fc1's output and the GELU output) and 5as^2b of attention
-scores (softmax output, dropout mask and output). Here each term follows the flags: GQA shrinks
-K and V, a gated MLP doubles fc1's output, zero dropout stores no masks, --use-flash-attn keeps
-only the softmax log-sum-exp instead of the scores; sequence parallelism splits the whole-tensor
-terms over TP too; context parallelism divides s. The last stage adds the logits and the
-cross-entropy's fp32 softmax; the first stage the embedding dropout mask.
+scores (softmax output, dropout mask and output). Here each term follows the flags and what
+megatron-core 0.16 with our layer specs really saves for backward (tests/plan_probe.py measures
+it): GQA shrinks K and V, RoPE adds the rotated Q and K, the norms and the gated MLP keep what
+their implementation keeps, zero dropout stores no masks, --use-flash-attn keeps only the softmax
+log-sum-exp instead of the scores; sequence parallelism splits the whole-tensor terms over TP too;
+context parallelism divides s. The last stage adds the final norm and the cross-entropy's fp32
+softmax; the first stage the embedding dropout mask.
 """
 from __future__ import annotations
 
@@ -23,20 +25,52 @@ from modellink.plan.params import stage_layers
 @dataclass(frozen=True)
 class ActivationPlan:
     """Per rank of one stage: `per_microbatch` bytes kept for the backward pass of one
-    micro-batch, `in_flight` micro-batches the 1F1B schedule holds at its peak, and the
-    `working_set` full recompute rebuilds for one layer group during backward."""
+    micro-batch, `in_flight` micro-batches the 1F1B schedule holds at its peak, the
+    `recompute_peak` of the micro-batch whose backward rebuilds a full-recompute group: by then
+    backward has freed the output layer, the loss and every layer after that group, and holds
+    the recomputed layers' tensors next to the kept group inputs (0 without full recompute)."""
     per_microbatch: int
-    in_flight: int
-    working_set: int
+    in_flight: float
+    recompute_peak: int
     layer_terms: Dict[str, float]
 
     @property
     def total(self) -> int:
-        return self.per_microbatch * self.in_flight + self.working_set
+        last = max(self.per_microbatch, self.recompute_peak)
+        return round(self.per_microbatch * (self.in_flight - 1) + last)
 
 
 def _width(args: argparse.Namespace) -> int:
     return 2 if args.bf16 or args.fp16 else 4
+
+
+def _mask_bytes(args: argparse.Namespace) -> int:
+    """A dropout mask's bytes per element: torch's CPU dropout multiplies by a mask in the
+    input's dtype; the CUDA and NPU kernels keep a byte (or less) per element."""
+    return _width(args) if args.device == "cpu" else 1
+
+
+def _norm_bytes(args: argparse.Namespace) -> int:
+    """Per element of a norm's input, what the norm and the linear after it keep: LayerNorm and
+    the fused RMSNorm kernels keep the input, the linear the output; the reference RMSNorm
+    (fp32 statistics) also keeps its fp32 input copy and the normalised value."""
+    w = _width(args)
+    if args.normalization == "RMSNorm" and not args.use_fused_rmsnorm:
+        return 4 + 2 * w  # in fp32 the fp32 copy is the input itself: 3w either way
+    return 2 * w
+
+
+def _mlp_bytes(args: argparse.Namespace, ffn: int) -> int:
+    """Per token, one MLP's fc1 output and activation tensors: megatron-core's unfused GLU
+    keeps the gate's activation, the linear half plus its offset and their product (3 x ffn);
+    the fused SwiGLU keeps only the product; recomputing the activation keeps fc1's output."""
+    w, gated = _width(args), 2 if args.swiglu or args.geglu else 1
+    fc1 = w * ffn * gated
+    if args.recompute_activation_function:
+        return fc1
+    if gated == 1 or (args.use_fused_swiglu and args.num_experts is None):
+        return fc1 + w * ffn
+    return fc1 + 3 * w * ffn
 
 
 def layer_terms(args: argparse.Namespace) -> Dict[str, float]:
@@ -48,47 +82,66 @@ def layer_terms(args: argparse.Namespace) -> Dict[str, float]:
     s = args.seq_length // args.context_parallel_size
     modules = set(args.recompute_modules or ["core_attn"]) \
         if args.recompute_granularity == "selective" else set()
-    masks = 2 * h if args.hidden_dropout > 0 else 0
-    terms = {"norm, QKV and fc1 inputs, dropout masks (whole under TP)": (4 * w * h + masks) / whole,
+    masks = 2 * h * _mask_bytes(args) if args.hidden_dropout > 0 else 0
+    terms = {"two norms with the QKV and fc1 inputs, dropout masks (whole under TP)":
+             (2 * _norm_bytes(args) * h + masks) / whole,
              "Q, K, V and projection input": w * (2 * heads * d + 2 * groups * d) / t}
+    if args.qk_layernorm:
+        terms["Q and K norm outputs and statistics"] = (heads + groups) * (w * d + 8) / t
+    if args.position_embedding_type == "rope":
+        terms["rotated Q and K"] = w * (heads + groups) * d / t
     if "core_attn" not in modules:
         if args.use_flash_attn:
             terms["softmax log-sum-exp (flash attention)"] = 4 * heads / t
         else:
-            scores = w + (1 + w if args.attention_dropout > 0 else 0)
+            scores = w + (_mask_bytes(args) + w if args.attention_dropout > 0 else 0)
             terms["attention scores (the 5as/h term)"] = scores * heads * s / t
-    gated = 2 if args.swiglu or args.geglu else 1
     if args.num_experts is None:
         ffn, routed = args.ffn_hidden_size, 1
     else:
         ffn, routed = args.moe_ffn_hidden_size, args.moe_router_topk
-        terms["tokens dispatched to experts"] = routed * w * h / whole
-    mlp = w * ffn * gated + (0 if args.recompute_activation_function or "moe_act" in modules
-                             else w * ffn)
+        # Each routed copy of a token: its hidden state as fc1's input, and the activation
+        # scaled by the router probability (fc2's input).
+        terms["tokens dispatched to experts, probability-scaled activation"] = \
+            routed * w * (h / whole + ffn / t)
     if not modules & {"mlp", "moe"}:
-        terms["fc1 output and activation output"] = routed * mlp / t
+        terms["fc1 output and activation"] = routed * _mlp_bytes(args, ffn) / t
     if args.moe_shared_expert_intermediate_size is not None:
-        terms["shared expert"] = w * args.moe_shared_expert_intermediate_size * (gated + 1) / t
+        gate = w * h / whole if args.shared_expert_gate else 0  # the output the gate scales
+        terms["shared expert"] = _mlp_bytes(args, args.moe_shared_expert_intermediate_size) / t \
+            + gate
     return terms
 
 
-def _extras(args: argparse.Namespace, stage: int) -> float:
-    """Per token: the embedding's dropout mask (first stage); final norm and output-layer
-    inputs, 16-bit logits and the cross-entropy's fp32 softmax (last stage)."""
-    h, t, w = args.hidden_size, args.tensor_model_parallel_size, _width(args)
-    whole = t if args.sequence_parallel else 1
-    extra = 0.0
-    if stage == 0 and args.hidden_dropout > 0:
-        extra += h / whole
-    if stage == args.pipeline_model_parallel_size - 1:
-        extra += 2 * w * h / whole + (w + 4) * args.padded_vocab_size / t
-    return extra
+def _head(args: argparse.Namespace, stage: int) -> float:
+    """Per token, what the last stage's final norm, output layer and loss keep: the norm with
+    the output layer's input, and the cross-entropy's fp32 softmax over this rank's vocabulary.
+    The 16-bit logits themselves are not kept (the loss works on an fp32 copy)."""
+    if stage != args.pipeline_model_parallel_size - 1:
+        return 0.0
+    whole = args.tensor_model_parallel_size if args.sequence_parallel else 1
+    return (_norm_bytes(args) * args.hidden_size / whole
+            + 4 * args.padded_vocab_size / args.tensor_model_parallel_size)
 
 
-def _in_flight(args: argparse.Namespace, stage: int) -> int:
+def _embedding_mask(args: argparse.Namespace, stage: int) -> float:
+    """Per token, the first stage's embedding dropout mask."""
+    whole = args.tensor_model_parallel_size if args.sequence_parallel else 1
+    dropout = stage == 0 and args.hidden_dropout > 0
+    return args.hidden_size * _mask_bytes(args) / whole if dropout else 0.0
+
+
+def _in_flight(args: argparse.Namespace, stage: int) -> float:
     """Micro-batches whose activations a rank holds at the 1F1B peak: PP - stage (warm-up
-    forwards plus the current one), capped by the number of micro-batches."""
-    return min(args.pipeline_model_parallel_size - stage, args.num_microbatches)
+    forwards plus the current one), capped by the number of micro-batches. Interleaved (VPP v)
+    counts model chunks: megatron-core warms up 2(PP - stage - 1) + (v - 1)PP chunk forwards,
+    each holding 1/v of the stage's layers."""
+    pp, m = args.pipeline_model_parallel_size, args.num_microbatches
+    vpp = args.virtual_pipeline_model_parallel_size or 1
+    if vpp == 1:
+        return min(pp - stage, m)
+    chunks = 2 * (pp - stage - 1) + (vpp - 1) * pp + 1
+    return min(chunks, m * vpp) / vpp
 
 
 def activation_plan(args: argparse.Namespace, stage: int) -> ActivationPlan:
@@ -99,15 +152,20 @@ def activation_plan(args: argparse.Namespace, stage: int) -> ActivationPlan:
     w, h = _width(args), args.hidden_size
     whole = args.tensor_model_parallel_size if args.sequence_parallel else 1
     layer_input = w * h / whole * tokens
-    working = 0.0
-    kept = layer * layers
+    first = _embedding_mask(args, stage) * tokens
+    kept, recompute = layer * layers, 0.0
     if args.recompute_granularity == "full":
         n = min(args.recompute_num_layers, layers)
         if args.recompute_method == "uniform":
-            # Each group of n layers keeps only its input; backward rebuilds one group at a time.
-            kept, working = math.ceil(layers / n) * layer_input, n * layer
+            # Each group of n layers keeps only its input; backward rebuilds one group at a time,
+            # the last group first, while every group's input is still held.
+            groups = math.ceil(layers / n)
+            kept, recompute = groups * layer_input, groups * layer_input + n * layer
         else:
-            kept, working = n * layer_input + (layers - n) * layer, layer
-    per_microbatch = kept + _extras(args, stage) * tokens
+            # The first n layers keep their inputs and are rebuilt one at a time, after backward
+            # has gone through (and freed) the layers stored whole.
+            kept, recompute = n * layer_input + (layers - n) * layer, n * layer_input + layer
+        recompute += first
+    per_microbatch = kept + _head(args, stage) * tokens + first
     return ActivationPlan(per_microbatch=round(per_microbatch), in_flight=_in_flight(args, stage),
-                          working_set=round(working), layer_terms=terms)
+                          recompute_peak=round(recompute), layer_terms=terms)

@@ -24,6 +24,7 @@ from modellink.training.ha.dying_gasp import UPDATE_NOTE, DyingGasp
 from modellink.training.ha.exit_conditions import ExitMonitor
 from modellink.training.data.context_parallel_batch import context_parallel_share
 from modellink.training.data.instruction_batch import pad_step_to_common_length
+from modellink.training.monitoring.memory import MemoryReport
 from modellink.training.monitoring.metrics import flops_per_iteration, params_l2_norm, training_log_line
 from modellink.training.monitoring.monitor import TrainingMonitor
 from modellink.training.numerics import NonFiniteError, check_loss, is_grad_check_failure
@@ -40,6 +41,8 @@ class IterationRecord:
     skipped: bool
     seconds: float
     metrics: Dict[str, float] = field(default_factory=dict)
+    # This iteration's seconds by Megatron-LM timer name (those --timing-log-level enables).
+    timers: Dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -262,9 +265,11 @@ def _log(message: str) -> None:
 def train(args: argparse.Namespace, model: List[torch.nn.Module], optimizer: Any, scheduler: Any,
           train_iterators: List[Iterator], valid_iterators: Optional[List[Iterator]],
           state: TrainState, start_time: Optional[float] = None,
-          forward: Optional[ForwardStep] = None) -> TrainState:
+          forward: Optional[ForwardStep] = None,
+          memory: Optional[MemoryReport] = None) -> TrainState:
     """`start_time` (time.time() at launch) anchors --exit-duration-in-mins; `forward`
-    defaults to the language-model step."""
+    defaults to the language-model step; `memory` prints predicted vs measured memory at the
+    first log line."""
     exit_monitor = ExitMonitor(args, time.time() if start_time is None else start_time)
     profiler = StepProfiler(args, torch.distributed.get_rank())
     monitor = TrainingMonitor(args, writes=_is_logging_rank())
@@ -278,7 +283,7 @@ def train(args: argparse.Namespace, model: List[torch.nn.Module], optimizer: Any
         return _train_iterations(args, model, optimizer, scheduler,
                                  timing.timed_iterators(train_iterators), valid_iterators, state,
                                  exit_monitor, profiler, monitor, dying_gasp, manual_gc, timing,
-                                 forward)
+                                 forward, memory)
     finally:
         timing.remove()
         manual_gc.stop()
@@ -316,7 +321,8 @@ def _train_iterations(args: argparse.Namespace, model: List[torch.nn.Module], op
                       valid_iterators: Optional[List[Iterator]], state: TrainState,
                       exit_monitor: ExitMonitor, profiler: StepProfiler,
                       monitor: TrainingMonitor, dying_gasp: DyingGasp, manual_gc: ManualGC,
-                      timing: Timing, forward: Optional[ForwardStep]) -> TrainState:
+                      timing: Timing, forward: Optional[ForwardStep],
+                      memory: Optional[MemoryReport]) -> TrainState:
     for chunk in model:
         chunk.train()
     world = torch.distributed.get_world_size()
@@ -347,12 +353,13 @@ def _train_iterations(args: argparse.Namespace, model: List[torch.nn.Module], op
         nan_since_log += int(step.loss is not None and not math.isfinite(step.loss))
         learning_rate = optimizer.param_groups[0]["lr"]
         loss_scale = optimizer.get_loss_scale().item()
+        timers = timing.step_seconds()
         if step.loss is not None:
             state.history.append(IterationRecord(state.iteration, step.loss, step.grad_norm,
                                                  learning_rate, step.skipped, step_seconds,
-                                                 step.metrics))
+                                                 step.metrics, timers))
         _monitor_step(args, monitor, state, step, learning_rate, loss_scale, step_seconds, world,
-                      batch_size, timing.step_seconds())
+                      batch_size, timers)
         if state.iteration % args.log_interval == 0:
             elapsed_ms = (time.perf_counter() - interval_start) * 1000 / iterations_since_log
             params_norm = params_l2_norm(model) if args.log_params_norm else None
@@ -360,6 +367,8 @@ def _train_iterations(args: argparse.Namespace, model: List[torch.nn.Module], op
                 args, state.iteration, state.consumed_train_samples, elapsed_ms, learning_rate,
                 step.loss, loss_scale, step.grad_norm, skipped_since_log, nan_since_log, world,
                 step.num_zeros, params_norm, batch_size, step.metrics))
+            if memory is not None:
+                memory.report_once(args, state.iteration)
             timers_report = timing.report(iterations_since_log)  # collective
             if timers_report is not None:
                 _log(timers_report)

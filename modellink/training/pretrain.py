@@ -22,6 +22,7 @@ from modellink.training.data.datasets import (build_iterator, build_split_datase
 from modellink.training.initialize import initialize, shutdown
 from modellink.training.loop import (TrainState, configure_model_hooks, evaluate_only,
                                      evaluate_test, save, train)
+from modellink.training.monitoring.memory import MemoryReport
 from modellink.training.ha.replica import log_memory_account
 from modellink.training.posttrain.stage import stage_forward_step
 
@@ -109,6 +110,7 @@ def pretrain(argv: Optional[Sequence[str]] = None) -> TrainState:
     backend = initialize(args)
     try:
         config = transformer_config_from_args(args, backend.device)
+        memory = MemoryReport(backend.device)
         model = build_model(args, config)
         optimizer = build_optimizer(args, config, model)
         scheduler = build_scheduler(args, optimizer)
@@ -130,7 +132,7 @@ def pretrain(argv: Optional[Sequence[str]] = None) -> TrainState:
             state = evaluate_only(args, model, valid_iters, state, forward)
         else:
             state = train(args, model, optimizer, scheduler, train_iters, valid_iters, state,
-                          start_time, forward)
+                          start_time, forward, memory)
         if args.save and state.iteration > start and state.last_saved_iteration != state.iteration:
             save(args, model, optimizer, scheduler, state)
         if test_iters and state.exit_reason is None:

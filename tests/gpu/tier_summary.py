@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -100,10 +99,11 @@ def generate_rows(out: Path) -> List[Row]:
                           "medium", "--json", str(result)], LIMITS["generate"])
     if not ok or not result.exists():
         return [("generate medium", "FAILED", _last_line(output))]
-    row = json.loads(result.read_text())
-    return [("generate medium", f"{row['modellink_tokens_per_s']:.0f} tokens/s",
+    return [(f"generate medium batch {row['batch']}",
+             f"{row['modellink_tokens_per_s']:.0f} tokens/s",
              f"transformers {row['transformers_tokens_per_s']:.0f} tokens/s, "
-             f"{row['ratio']:.2f}x, same tokens: {row['same_tokens']}")]
+             f"{row['ratio']:.2f}x, same tokens: {row['same_tokens']}")
+            for row in json.loads(result.read_text())["batches"]]
 
 
 def print_table(device: str, rows: List[Row]) -> None:

@@ -33,7 +33,10 @@ FORCED = ("num_query_groups", "group_query_attention", "position_embedding_type"
           "add_qkv_bias", "add_dense_bias", "swiglu", "untie_embeddings_and_output_weights",
           "normalization", "norm_epsilon", "apply_query_key_layer_scaling", "qk_layernorm",
           "num_experts", "moe_ffn_hidden_size", "moe_router_topk", "moe_router_pre_softmax",
-          "moe_shared_expert_intermediate_size", "shared_expert_gate")
+          "moe_shared_expert_intermediate_size", "shared_expert_gate",
+          "multi_head_latent_attention", "q_lora_rank", "kv_lora_rank", "qk_rope_head_dim",
+          "qk_nope_head_dim", "v_head_dim", "n_shared_experts", "first_k_dense_replace",
+          "moe_layer_freq", "routed_scaling_factor", "norm_topk_prob")
 
 
 def checkpoint_args_file(args: argparse.Namespace) -> str:

@@ -68,7 +68,8 @@ class MemoryAccount:
 
 def memory_account(args: argparse.Namespace, params_dtype: torch.dtype) -> MemoryAccount:
     """Megatron-LM's accounting (bf16 weights and grads, Adam: 4 + 16/d; with the replica
-    the state is split over d/2 ranks: 4 + 32/d), for the dtypes these flags allocate."""
+    the state is split over d/2 ranks: 4 + 32/d), for the dtypes these flags allocate. d is
+    DP x CP: megatron-core shards the distributed optimizer over the data x context group."""
     fp32 = 4
     param = torch.tensor([], dtype=params_dtype).element_size()
     grads_fp32 = args.accumulate_allreduce_grads_in_fp32 or params_dtype == torch.float32
@@ -79,8 +80,8 @@ def memory_account(args: argparse.Namespace, params_dtype: torch.dtype) -> Memor
     sharded = main_param + main_grad + moments
     if not args.use_distributed_optimizer:
         return MemoryAccount(param + grad + sharded, 0, 1)
-    return MemoryAccount(param + grad, sharded,
-                         args.data_parallel_size // optimizer_instances(args))
+    shards = args.data_parallel_size * args.context_parallel_size
+    return MemoryAccount(param + grad, sharded, shards // optimizer_instances(args))
 
 
 def _distributed_optimizers(optimizer: Any) -> List[Any]:

@@ -10,15 +10,17 @@ from modellink.models.lora import lora_enabled
 from modellink.training.checkpoint.checkpointing import TRACKER_FILENAME
 from modellink.training.posttrain.dpo_loss import LOSS_TYPES
 
-STAGES = ("sft", "dpo", "rm")
+# "orm" (outcome reward model) is MindSpeed-LLM's later name for the reward-model stage.
+STAGES = ("sft", "dpo", "rm", "orm")
 
 
 def add_posttrain_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("post-training (ModelLink)")
     g.add_argument("--stage", default=None, choices=STAGES,
                    help="sft: instruction fine-tuning (as without the flag); dpo: direct "
-                        "preference optimisation on --is-pairwise-dataset data; rm: a reward "
-                        "model (scalar value head, pairwise Bradley-Terry loss) on that data")
+                        "preference optimisation on --is-pairwise-dataset data; rm (or orm, "
+                        "MindSpeed-LLM's name): a reward model (scalar value head, pairwise "
+                        "Bradley-Terry loss) on that data")
     g.add_argument("--is-pairwise-dataset", action="store_true",
                    help="--data-path names pairwise datasets written by preprocess_data.py "
                         "(PREFIX_packed_{chosen,rejected}_{input_ids,labels}_document)")
@@ -36,6 +38,8 @@ def add_posttrain_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def validate_posttrain_args(args: argparse.Namespace) -> None:
+    if args.stage == "orm":
+        args.stage = "rm"
     if args.stage != "dpo":
         for flag, given in (("--ref-model", args.ref_model is not None),
                             ("--dpo-beta", args.dpo_beta != 0.1),
