@@ -207,6 +207,9 @@ def test_model_preset_plans_the_zoo_size(capsys):
                "--train-iters", "1", "--lr", "1e-4", "--bf16"])
     # 6.74 B parameters with the 32000-word vocabulary padded to 32768 (128 x TP): 1/8 each.
     assert " 843,321,344 " in capsys.readouterr().out
+    # Alone, the preset brings its example scripts' layout (TP8): the same share per rank.
+    plan_main(["--model", "llama2-7b", "--devices", "8"])
+    assert " 843,321,344 " in capsys.readouterr().out
 
 
 ZOO = ["--mock-data", "--train-iters", "1", "--lr", "1e-6", "--bf16", "--use-flash-attn",

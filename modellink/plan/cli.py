@@ -1,7 +1,7 @@
 """`python -m modellink.plan <pretrain flags> --devices N --device-memory 64GB`: the plan of a
 run on N devices, printed without building anything; with --inference, inference.py's flags and
 the weights plus KV cache of generation; with --search (--top K), the best layouts that fit;
---model <family>-<size> supplies the model zoo's shape flags."""
+--model <family>-<size> supplies the model zoo's shape flags and its example scripts' layout."""
 from __future__ import annotations
 
 import argparse
@@ -41,7 +41,9 @@ def _planner_flags(argv: Sequence[str]) -> "tuple[argparse.Namespace, list]":
     parser.add_argument("--inference", action="store_true")
     parser.add_argument("--search", action="store_true")
     parser.add_argument("--top", type=int, default=10)
-    parser.add_argument("--model", default=None)
+    parser.add_argument("--model", default=None,
+                        help="a model zoo size, e.g. llama2-7b: its shape, vocabulary, parallel "
+                             "layout and batch sizes; later flags win")
     return parser.parse_known_args(argv)
 
 
@@ -71,14 +73,20 @@ def inference_args(argv: Sequence[str], world_size: int) -> argparse.Namespace:
     return args
 
 
+# What a training command line must have to parse but a plan does not depend on.
+_PLAN_ONLY = ["--mock-data", "--train-iters", "1", "--lr", "1e-4"]
+
+
 def with_model_preset(name: Optional[str], rest: List[str]) -> List[str]:
-    """--model llama2-7b: the zoo's shape flags and vocabulary, then the user's flags (which
-    win where both set one)."""
+    """--model llama2-7b: the zoo's shape flags and vocabulary and its example scripts'
+    parallel layout and batch sizes (recomputation is the user's to add), then the user's
+    flags, which win where both set one."""
     if name is None:
         return rest
     try:
         size = get_size(name)[1]
-        return preset_flags(name) + ["--vocab-size", str(size.vocab)] + rest
+        return (preset_flags(name) + ["--vocab-size", str(size.vocab)] + _PLAN_ONLY
+                + size.layout.flags(recompute=False) + rest)
     except FamilyConfigError as error:
         raise ArgumentError(f"--model: {error}") from None
 

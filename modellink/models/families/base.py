@@ -140,9 +140,10 @@ class Layout:
         """The devices one model replica spans."""
         return self.tp * self.pp * self.ep
 
-    def flags(self) -> List[str]:
+    def flags(self, recompute: bool = True) -> List[str]:
         """The `pretrain_gpt.py` flags of this layout (sequence parallelism with any TP, as
-        the example scripts run it and as MoE with TP requires)."""
+        the example scripts run it and as MoE with TP requires); `recompute=False` leaves the
+        recomputation setting to the caller."""
         flags = ["--tensor-model-parallel-size", str(self.tp),
                  "--pipeline-model-parallel-size", str(self.pp),
                  "--expert-model-parallel-size", str(self.ep),
@@ -150,6 +151,8 @@ class Layout:
                  "--global-batch-size", str(self.global_batch)]
         if self.tp > 1:
             flags.append("--sequence-parallel")
+        if not recompute:
+            return flags
         if self.recompute == "full":
             flags += ["--recompute-granularity", "full", "--recompute-method", "uniform",
                       "--recompute-num-layers", "1"]
