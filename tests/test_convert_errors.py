@@ -111,7 +111,7 @@ def test_failure_midway_leaves_nothing(hf_dirs, capsys, tmp_path):
 
 @pytest.mark.parametrize("family,edit,message", [
     ("baichuan2", {"max_position_embeddings": None, "model_max_length": None},
-     "config.json has no model_max_length: Baichuan2-13B's sequence length"),
+     "config.json has no model_max_length: the 13B model's sequence length"),
     ("internlm2", {"bias": True}, "bias=True is not supported for internlm2"),
     # InternLM-20B has no biases; its RoPE base is InternLM's only one.
     ("internlm", {"bias": False}, "bias=False is not supported for internlm"),
