@@ -52,6 +52,7 @@ PRIVATE_CALLS = [
 
 SUBCLASSES = [
     "modellink.data.writer._IndexWriterNumpy",
+    "modellink.models.balance_losses.DeviceBalancedRouter",
     "modellink.models.decoding_layer.DecodingTransformerLayer",
     "modellink.models.gpt.YarnTransformerConfig",
     "modellink.models.gpt_model.ModelLinkGPTModel",
