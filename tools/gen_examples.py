@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 import textwrap
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -92,12 +92,24 @@ class Script:
         self.moe = family.settings.moe
         self.recompute = layout.recompute
         self.recompute_added = False
+        self.peak: Optional[float] = None
+        self.params: Optional[float] = None
+        self.not_planned: Optional[str] = None
 
-    def fit_memory(self) -> None:
-        """Full recomputation where the planner says the family's layout alone would not fit
-        a 64 GB device (the layout's numbers stay the family's)."""
-        if self.recompute is None and estimate(plan_args(self)).peak > DEVICE_MEMORY:
-            self.recompute, self.recompute_added = "full", True
+    def plan(self) -> None:
+        """The planner's peak and parameter count of the scripts as written, adding full
+        recomputation where the family's layout alone would not fit a 64 GB device (the
+        layout's numbers stay the family's); a family the planner does not model yet keeps
+        its layout and the planner's reason in `not_planned`."""
+        try:
+            self.peak = estimate(plan_args(self)).peak
+            if self.recompute is None and self.peak > DEVICE_MEMORY:
+                self.recompute, self.recompute_added = "full", True
+                self.peak = estimate(plan_args(self)).peak
+            total = stage_params(plan_args(self, whole=True), 0)
+            self.params = total.dense + total.experts
+        except ArgumentError as error:
+            self.not_planned = str(error)
 
     # -- shared parts -----------------------------------------------------------------------
 
@@ -389,13 +401,12 @@ def _models_md(scripts: List[Script]) -> str:
     rows = []
     for script in scripts:
         layout = script.size.layout
-        try:
-            total = stage_params(plan_args(script, whole=True), 0)
-            params = f"{(total.dense + total.experts) / 1e9:.2f} B"
-            peak = estimate(plan_args(script)).peak
-            memory = f"{peak / 1e9:.1f} GB {'fits' if peak <= DEVICE_MEMORY else 'over'}"
-        except ArgumentError as error:  # a family the planner does not model yet
-            params, memory = "-", f"not planned: {error}"
+        if script.not_planned is not None:
+            params, memory = "-", f"not planned: {script.not_planned}"
+        else:
+            params = f"{script.params / 1e9:.2f} B"
+            memory = (f"{script.peak / 1e9:.1f} GB "
+                      f"{'fits' if script.peak <= DEVICE_MEMORY else 'over'}")
         ep = f" EP{layout.ep}" if script.moe else ""
         recompute = (f", recompute {script.recompute}"
                      f"{' (added: over 64 GB without)' if script.recompute_added else ''}"
@@ -450,10 +461,7 @@ def render() -> Dict[str, str]:
             _data_convert(family, True)
         for size_name, size in family.sizes.items():
             script = Script(family, size_name, size)
-            try:
-                script.fit_memory()
-            except ArgumentError:  # a family the planner does not model yet: as laid out
-                pass
+            script.plan()
             scripts.append(script)
             files.update(script.files())
     files["docs/models.md"] = _models_md(scripts)
