@@ -120,12 +120,13 @@ class _PhaseClock:
         return dict(self._phases, total=self._last - self._start)
 
 
-def _best_round(rounds: List[List[Step]], warmup: int) -> Step:
-    """Per phase, the median over the round's steps after warm-up; the round with the lowest
-    median step time."""
-    medians = [{key: statistics.median(step[key] for step in steps[warmup:])
-                for key in steps[0]} for steps in rounds]
-    return min(medians, key=lambda step: step["total"])
+def _round_median(steps: List[Step], warmup: int) -> Step:
+    """Per phase, the median over the round's steps after warm-up."""
+    return {key: statistics.median(step[key] for step in steps[warmup:]) for key in steps[0]}
+
+
+def _load() -> str:
+    return "{:.2f}".format(os.getloadavg()[0]) if hasattr(os, "getloadavg") else "n/a"
 
 
 def _breakdown(step: Step) -> str:
@@ -146,15 +147,23 @@ def main() -> None:
     bf16 = cli.bf16 or device == "cuda"
     tokens = cfg["batch"] * cfg["seq"]
 
-    hf_rounds, our_rounds = [], []
-    for _ in range(cli.rounds):
-        hf_rounds.append(_huggingface(cfg, cli.iters, bf16, device))
-        our_rounds.append(_ours(cfg, cli.iters, bf16, device))
-    hf, ours = _best_round(hf_rounds, cli.warmup), _best_round(our_rounds, cli.warmup)
+    hf_rounds, our_rounds, rounds_log = [], [], []
+    for index in range(cli.rounds):
+        hf_rounds.append(_round_median(_huggingface(cfg, cli.iters, bf16, device), cli.warmup))
+        our_rounds.append(_round_median(_ours(cfg, cli.iters, bf16, device), cli.warmup))
+        rounds_log.append(f"  round {index + 1}: transformers {hf_rounds[-1]['total'] * 1000:.1f}"
+                          f" ms, modellink {our_rounds[-1]['total'] * 1000:.1f} ms, ratio "
+                          f"{hf_rounds[-1]['total'] / our_rounds[-1]['total']:.3f}, "
+                          f"1-min load {_load()}")
+    hf, ours = (min(rounds, key=lambda step: step["total"]) for rounds in (hf_rounds, our_rounds))
+    ratios = [h["total"] / o["total"] for h, o in zip(hf_rounds, our_rounds)]
     print(f"model {cfg}, dtype {'bf16' if bf16 else 'fp32'}, device {device}, "
           f"threads {torch.get_num_threads()}, best of {cli.rounds} alternating rounds")
-    if hasattr(os, "getloadavg"):
-        print("load average (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    print("\n".join(rounds_log))
+    # Rounds run back to back share the machine's load: their spread says how far to trust
+    # the best-of ratio below.
+    print(f"per-round ratio: min {min(ratios):.3f}, median {statistics.median(ratios):.3f}, "
+          f"max {max(ratios):.3f}")
     print(f"hugging face transformers: {tokens / hf['total']:10.1f} tokens/s "
           f"({hf['total'] * 1000:.1f} ms/iter)")
     print(f"modellink pretrain_gpt:    {tokens / ours['total']:10.1f} tokens/s "

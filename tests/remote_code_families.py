@@ -8,8 +8,10 @@ GLM-4's GlmForCausalLM for ChatGLM3: RoPE on half of each head's channels, adjac
 rotated, QKV bias, RMSNorm, SwiGLU, untied head), whose state dict is rewritten here into the
 family's own tensor names, fused layouts and config.json. Baichuan-13B and Baichuan2-13B
 (ALiBi) and MiniCPM (muP scales) have no transformers counterpart; their reference is their
-forward pass, written out below over a Llama's weights. All of this follows the families' modeling code, independently of
-modellink.
+forward pass, written out below over a Llama's weights. Qwen-1's reference (QwenReference) is
+its forward pass written out from the published modeling_qwen.py over the checkpoint's own
+tensors and config.json; a Qwen2 model only supplies the random weights. All of this follows
+the families' modeling code, independently of modellink.
 """
 from __future__ import annotations
 
@@ -249,7 +251,7 @@ def _internlm2(sd: State, c: transformers.PretrainedConfig) -> Tuple[State, Dict
               "max_position_embeddings": c.max_position_embeddings,
               "num_attention_heads": c.num_attention_heads,
               "num_hidden_layers": c.num_hidden_layers, "num_key_value_heads": groups,
-              "rms_norm_eps": c.rms_norm_eps, "rope_theta": 10000,
+              "rms_norm_eps": c.rms_norm_eps, "rope_theta": c.rope_parameters["rope_theta"],
               # As internlm2-7b ships it; dynamic NTK changes nothing below 64 positions.
               "rope_scaling": {"type": "dynamic", "factor": 2.0},
               "tie_word_embeddings": False, "vocab_size": c.vocab_size,
@@ -295,6 +297,96 @@ def _chatglm3(sd: State, c: transformers.PretrainedConfig) -> Tuple[State, Dict[
     return out, config
 
 
+def _qwen(sd: State, c: transformers.PretrainedConfig) -> Tuple[State, Dict[str, Any]]:
+    """Qwen-1's checkpoint of a Qwen2 model without GQA (the same function): q/k/v packed in
+    c_attn, gate_proj as w2 and up_proj as w1, under Qwen-7B's config.json (its seq_length a
+    quarter of max_position_embeddings, as Qwen-7B's 8192 of 32768)."""
+    t = "transformer."
+    out = {t + "wte.weight": sd["model.embed_tokens.weight"],
+           t + "ln_f.weight": sd["model.norm.weight"], "lm_head.weight": sd["lm_head.weight"]}
+    renames = {"input_layernorm": "ln_1", "post_attention_layernorm": "ln_2",
+               "self_attn.o_proj": "attn.c_proj", "mlp.up_proj": "mlp.w1",
+               "mlp.gate_proj": "mlp.w2", "mlp.down_proj": "mlp.c_proj"}
+    for i in _layers(c):
+        p, q = f"{t}h.{i}.", f"model.layers.{i}."
+        for kind in ("weight", "bias"):
+            out[p + f"attn.c_attn.{kind}"] = torch.cat(
+                [sd[q + f"self_attn.{x}_proj.{kind}"] for x in "qkv"])
+        for ours, theirs in renames.items():
+            out[p + theirs + ".weight"] = sd[q + ours + ".weight"]
+    config = {"architectures": ["QWenLMHeadModel"], "model_type": "qwen",
+              "auto_map": {"AutoConfig": "configuration_qwen.QWenConfig",
+                           "AutoModelForCausalLM": "modeling_qwen.QWenLMHeadModel"},
+              "attn_dropout_prob": 0.0, "bf16": False, "emb_dropout_prob": 0.0, "fp16": False,
+              "fp32": False, "hidden_size": c.hidden_size, "initializer_range": 0.02,
+              "intermediate_size": 2 * c.intermediate_size,
+              "kv_channels": c.hidden_size // c.num_attention_heads,
+              "layer_norm_epsilon": c.rms_norm_eps,
+              "max_position_embeddings": c.max_position_embeddings, "no_bias": True,
+              "num_attention_heads": c.num_attention_heads,
+              "num_hidden_layers": c.num_hidden_layers, "onnx_safe": None,
+              "rotary_emb_base": int(c.rope_parameters["rope_theta"]), "rotary_pct": 1.0,
+              "scale_attn_weights": True, "seq_length": c.max_position_embeddings // 4,
+              "softmax_in_fp32": False, "tie_word_embeddings": False,
+              "tokenizer_class": "QWenTokenizer", "use_cache": True, "use_cache_kernel": False,
+              "use_cache_quantization": False, "use_dynamic_ntk": True, "use_flash_attn": "auto",
+              "use_logn_attn": True, "vocab_size": c.vocab_size}
+    return out, config
+
+
+def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+class QwenReference(torch.nn.Module):
+    """QWenLMHeadModel's forward (modeling_qwen.py) over a Qwen-1 checkpoint's tensors and
+    config.json: RMSNorm ln_1, c_attn split into q|k|v of kv_channels per head, RoPE on every
+    channel (halves rotated, base rotary_emb_base), causal softmax(q k^T / sqrt(kv_channels)),
+    c_proj without bias; RMSNorm ln_2, c_proj(w1(x) * silu(w2(x))); ln_f, lm_head. Dynamic NTK
+    and logn scaling are left out: they act only beyond seq_length, which no test reaches."""
+
+    def __init__(self, tensors: State, config: Dict[str, Any]) -> None:
+        super().__init__()
+        self.tensors, self.config = tensors, config
+
+    def forward(self, input_ids: torch.Tensor) -> SimpleNamespace:
+        t, c = self.tensors, self.config
+        if input_ids.shape[1] > c["seq_length"]:
+            raise ValueError("QwenReference leaves out what acts beyond seq_length")
+        batch, seq = input_ids.shape
+        heads, dim, eps = c["num_attention_heads"], c["kv_channels"], c["layer_norm_epsilon"]
+        causal = torch.full((seq, seq), float("-inf")).triu(1)
+        hidden = F.embedding(input_ids, t["transformer.wte.weight"])
+        for i in range(c["num_hidden_layers"]):
+            p = f"transformer.h.{i}."
+            x = _rms(hidden, t[p + "ln_1.weight"], eps)
+            mixed = F.linear(x, t[p + "attn.c_attn.weight"], t[p + "attn.c_attn.bias"])
+            q, k, v = (part.view(batch, seq, heads, dim).transpose(1, 2)
+                       for part in mixed.split(heads * dim, dim=-1))
+            q, k = _rotate(q, c["rotary_emb_base"]), _rotate(k, c["rotary_emb_base"])
+            probs = torch.softmax(q @ k.transpose(2, 3) / math.sqrt(dim) + causal, dim=-1)
+            context = (probs @ v).transpose(1, 2).reshape(batch, seq, heads * dim)
+            hidden = hidden + F.linear(context, t[p + "attn.c_proj.weight"])
+            x = _rms(hidden, t[p + "ln_2.weight"], eps)
+            up, gate = (F.linear(x, t[p + f"mlp.{w}.weight"]) for w in ("w1", "w2"))
+            gated = up * F.silu(gate)
+            hidden = hidden + F.linear(gated, t[p + "mlp.c_proj.weight"])
+        hidden = _rms(hidden, t["transformer.ln_f.weight"], eps)
+        return SimpleNamespace(logits=F.linear(hidden, t["lm_head.weight"]))
+
+
+def _qwen_weights() -> transformers.Qwen2Config:
+    """The Qwen2 model whose random weights a tiny Qwen-1 checkpoint holds: no GQA, no o_proj
+    bias (as Qwen-1), untied."""
+    return transformers.Qwen2Config(**SHAPE, num_key_value_heads=SHAPE["num_attention_heads"],
+                                    rms_norm_eps=1e-6, tie_word_embeddings=False)
+
+
+def _qwen_reference(model: transformers.PreTrainedModel) -> QwenReference:
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return QwenReference(*_qwen(state, model.config))
+
+
 @dataclass(frozen=True)
 class RemoteFamily:
     reference: Callable[[], transformers.PretrainedConfig]
@@ -336,6 +428,8 @@ REMOTE_FAMILIES: Dict[str, RemoteFamily] = {
         **SHAPE, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5,
         partial_rotary_factor=0.5, attention_bias=True, tie_word_embeddings=False,
         pad_token_id=0, eos_token_id=2, bos_token_id=1), _chatglm3),
+    # Qwen-1: the written-out forward over the checkpoint, not the Qwen2 model's.
+    "qwen": RemoteFamily(_qwen_weights, _qwen, forward=_qwen_reference),
     # GQA as MiniCPM-1B has it; MiniCPM-2B's heads are its query groups.
     "minicpm": RemoteFamily(lambda: transformers.LlamaConfig(
         **SHAPE, num_key_value_heads=2, rms_norm_eps=1e-5, tie_word_embeddings=True),

@@ -160,7 +160,7 @@ def test_export_needs_the_family_rotary():
 
 
 def test_export_needs_the_family_dense_bias():
-    """Qwen's layout has no output-projection bias, InternLM's needs one; checkpoints from
+    """Qwen2.5's layout has no output-projection bias, InternLM's needs one; checkpoints from
     before --add-dense-bias existed (no such attribute) have none."""
     args = argparse.Namespace(normalization="RMSNorm", swiglu=True, position_embedding_type="rope",
                               add_bias_linear=False, add_qkv_bias=True, rotary_percent=1.0)
@@ -168,7 +168,7 @@ def test_export_needs_the_family_dense_bias():
         check_args(get_family("internlm"), args)
     args.add_dense_bias = True
     with pytest.raises(FamilyConfigError, match="with --add-dense-bias, but .* cannot hold it"):
-        check_args(get_family("qwen"), args)
+        check_args(get_family("qwen25"), args)
 
 
 def test_export_needs_the_family_moe_settings():

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import pytest
 import torch
@@ -31,15 +31,25 @@ SMALL = dict(vocab_size=250, hidden_size=64, intermediate_size=128, num_hidden_l
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 48}
+LLAMA32_ROPE = dict(LLAMA3_ROPE, factor=32.0)
 HF_CONFIGS = {
     "llama2": lambda: transformers.LlamaConfig(**SMALL),
-    "llama3": lambda: transformers.LlamaConfig(**SMALL, rope_parameters=LLAMA3_ROPE,
-                                               initializer_range=0.1),
+    # The LLaMA line claims its configs by their RoPE settings: LLaMA 3's base, 3.1 and 3.3's
+    # scaling by 8, 3.2's by 32 with tied embeddings.
+    "llama3": lambda: transformers.LlamaConfig(
+        **SMALL, rope_parameters={"rope_type": "default", "rope_theta": 500000.0}),
+    "llama31": lambda: transformers.LlamaConfig(**SMALL, rope_parameters=LLAMA3_ROPE,
+                                                initializer_range=0.1),
+    "llama32": lambda: transformers.LlamaConfig(**SMALL, rope_parameters=LLAMA32_ROPE,
+                                                initializer_range=0.1, tie_word_embeddings=True),
+    "llama33": lambda: transformers.LlamaConfig(**SMALL, rope_parameters=LLAMA3_ROPE,
+                                                initializer_range=0.1),
     # A window of 4 keys, half of the 8-token inputs.
     "mistral": lambda: transformers.MistralConfig(**SMALL, sliding_window=4),
-    "qwen": lambda: transformers.Qwen2Config(**SMALL, tie_word_embeddings=True),
-    # Qwen2.5 as published: untied, RoPE base 1e6, a sliding window configured but off.
-    "qwen2.5": lambda: transformers.Qwen2Config(
+    # Qwen2.5-0.5B to 3B: tied embeddings.
+    "qwen25": lambda: transformers.Qwen2Config(**SMALL, tie_word_embeddings=True),
+    # Qwen2.5-7B to 72B as published: untied, RoPE base 1e6, a sliding window configured but off.
+    "qwen25_7b": lambda: transformers.Qwen2Config(
         **SMALL, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
         use_sliding_window=False, sliding_window=32, max_window_layers=2),
     # LlamaForCausalLM checkpoints with their own settings: Yi's GQA and RoPE base 5e6,
@@ -75,8 +85,7 @@ HF_CONFIGS = {
 # config.json keys the saving class writes (from_config leaves architectures unset).
 CLASS_WRITTEN = ("architectures", "transformers_version")
 # A test case's --model-type-hf, where it is not the case's name.
-CASE_FAMILY = {"llama3": "llama2", "yi": "llama2", "codellama": "llama2",
-               "qwen2.5": "qwen"}
+CASE_FAMILY = {"qwen25_7b": "qwen25"}
 # name -> (converter flags, ranks to run on)
 LAYOUTS: Dict[str, Tuple[List[str], int]] = {
     "tp1pp1": ([], 2),
@@ -100,8 +109,8 @@ EXTRA_LAYOUTS = {
 # settings to such a layout (InternLM: --add-qkv-bias --add-dense-bias; GLM: ChatGLM3's model
 # under transformers' names): TP=2 and PP=2 only.
 ONLY_LAYOUTS = {case: ("tp2pp1", "tp1pp2")
-                for case in ("yi", "codellama", "qwen2.5", "aquila", "internlm", "glm", "glm4",
-                             "minicpm", "baichuan")} | {
+                for case in ("llama3", "llama32", "llama33", "yi", "codellama", "qwen25_7b",
+                             "aquila", "internlm", "glm", "glm4", "minicpm", "baichuan")} | {
     "qwen2_moe": ("tp2pp1", "tp1pp2", "ep2"),
     # Baichuan-13B: Baichuan2-13B's ALiBi model (checked at every layout) without NormHead.
     "baichuan_13b": ("tp2pp1",)}
@@ -121,10 +130,14 @@ def layout_of(family: str, layout: str) -> Tuple[List[str], int]:
     return {**LAYOUTS, **EXTRA_LAYOUTS.get(family, {})}[layout]
 
 
-def save_tiny_hf(family: str, directory: Path) -> torch.nn.Module:
-    """The checkpoint of `family` in `directory`; returns the model whose function it holds."""
+def save_tiny_hf(family: str, directory: Path,
+                 config: Optional[transformers.PretrainedConfig] = None) -> torch.nn.Module:
+    """The checkpoint of `family` in `directory` (of `config`, or of the family's case here);
+    returns the model whose function it holds."""
     torch.manual_seed(0)
-    config = HF_CONFIGS[family]() if family in HF_CONFIGS else REMOTE_FAMILIES[family].reference()
+    if config is None:
+        config = HF_CONFIGS[family]() if family in HF_CONFIGS else \
+            REMOTE_FAMILIES[family].reference()
     model = transformers.AutoModelForCausalLM.from_config(config)
     # Random norm weights and biases too, so a swapped one would show in the logits.
     with torch.no_grad():
@@ -244,7 +257,7 @@ def test_round_trip_is_bit_identical(converted, family, layout, tmp_path):
 
 
 @pytest.mark.parametrize("case,plain", [
-    ("llama3", {"rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}}),
+    ("llama31", {"rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}}),
     ("mistral", {"sliding_window": None}),
     ("qwen2_moe", {"norm_topk_prob": True}),
 ])

@@ -56,6 +56,8 @@ def test_exact_text_of_common_templates(tokenizer):
         "qwen3": ("<|im_start|>user\n1 + 2 =<|im_end|>\n<|im_start|>assistant\n", "3<|im_end|>"),
         "llama2": ("<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\n1 + 2 = [/INST]", "3</s>"),
         "mistral": ("<s>[INST] 1 + 2 = [/INST]", "3</s>"),
+        "llama3": ("<s><|start_header_id|>user<|end_header_id|>\n\n1 + 2 =<|eot_id|>"
+                   "<|start_header_id|>assistant<|end_header_id|>\n\n", "3<|eot_id|>"),
         "gemma": ("<s><start_of_turn>user\n1 + 2 =<end_of_turn>\n<start_of_turn>model\n", "3</s>"),
         "chatglm3": ("[gMASK]sop<|user|>\n1 + 2 =<|assistant|>", "\n3</s>"),
         "default": ("Human: 1 + 2 =\nAssistant:", "3</s>"),

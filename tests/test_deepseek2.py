@@ -1,5 +1,6 @@
-"""DeepSeek-V2-Lite: multi-head latent attention with YaRN RoPE, shared experts and a dense
-first layer. HF -> Megatron at TP=2, PP=2, EP=2 gives transformers' logits; the way back is
+"""DeepSeek-V2-Lite and DeepSeek-V2: multi-head latent attention with YaRN RoPE, shared experts
+and a dense first layer; V2's low-rank queries and group-limited routing (groups ranked by their
+best expert). HF -> Megatron at TP=2, PP=2, EP=2 gives transformers' logits; the way back is
 bit-identical; the model trains with expert parallelism as it does without."""
 import json
 import math
@@ -13,7 +14,7 @@ import torch
 import transformers
 
 from megatron.core.transformer.moe.moe_utils import (
-    get_default_pg_collection, get_moe_layer_wise_logging_tracker)
+    get_default_pg_collection, get_moe_layer_wise_logging_tracker, group_limited_topk)
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.moe.router import TopKRouter
 from megatron.core.transformer.transformer_config import TransformerConfig
@@ -24,6 +25,7 @@ from modellink.arguments import ArgumentError, parse_args
 from modellink.checkpoint.cli import main as convert_main
 from modellink.models.balance_losses import DeviceBalancedRouter
 from modellink.models.gpt import transformer_config_from_args
+from modellink.models.group_routing import best_expert_group_topk
 from modellink.models.mla import LatentAttentionKernel
 from modellink.models.moe import moe_config_kwargs, router_spec
 from modellink.ops.attention import AttentionSettings
@@ -43,14 +45,20 @@ LITE = dict(vocab_size=250, hidden_size=64, intermediate_size=96, num_hidden_lay
             rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
                              "original_max_position_embeddings": 16, "beta_fast": 32.0,
                              "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 0.8})
+# V2's shape in miniature: queries through a 16-channel latent, and 8 routed experts in 4 groups
+# of 2, of which each token takes the top 4 among the 2 groups whose best expert scores highest.
+# megatron-core would rank groups by the sum of their best 4 / 2 experts (both of a group here);
+# a test checks that this picks other experts on the test's tokens, so the parity can fail.
+V2 = dict(LITE, q_lora_rank=16, n_routed_experts=8, num_experts_per_tok=4, n_group=4,
+          topk_group=2, topk_method="group_limited_greedy", routed_scaling_factor=16.0)
 LAYOUT = ["--target-tensor-parallel-size", "2", "--target-pipeline-parallel-size", "2",
           "--target-expert-parallel-size", "2"]
 
 
-def _save_hf(directory: Path, **overrides) -> transformers.PreTrainedModel:
+def _save_hf(directory: Path, config: dict = LITE, **overrides) -> transformers.PreTrainedModel:
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(
-        transformers.DeepseekV2Config(**{**LITE, **overrides}))
+        transformers.DeepseekV2Config(**{**config, **overrides}))
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" in name:  # random norm weights, so a swapped one shows in the logits
@@ -61,46 +69,84 @@ def _save_hf(directory: Path, **overrides) -> transformers.PreTrainedModel:
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
+    """V2-Lite and V2 converted, their logits from one torchrun launch."""
     root = tmp_path_factory.mktemp("deepseek2")
-    model = _save_hf(root / "hf")
-    with torch.no_grad():
-        reference = model(torch.tensor(TOKENS)).logits
-    flags = convert("--load-model-type", "hf", "--save-model-type", "mg",
-                    "--model-type-hf", "deepseek2", "--load-dir", str(root / "hf"),
-                    "--save-dir", str(root / "mg"), *LAYOUT)
-    dump_logits([{"argv": flags + ["--load", str(root / "mg")] + RUN_FLAGS
-                  + ["--global-batch-size", "4"],
-                  "tokens": TOKENS, "out": str(root / "logits.pt")}], 8, root)
-    return root, reference, flags
+    out, jobs = {}, []
+    for name, config in (("lite", LITE), ("v2", V2)):
+        model = _save_hf(root / name / "hf", config)
+        with torch.no_grad():
+            reference = model(torch.tensor(TOKENS)).logits
+        flags = convert("--load-model-type", "hf", "--save-model-type", "mg",
+                        "--model-type-hf", "deepseek2", "--load-dir", str(root / name / "hf"),
+                        "--save-dir", str(root / name / "mg"), *LAYOUT)
+        jobs.append({"argv": flags + ["--load", str(root / name / "mg")] + RUN_FLAGS
+                     + ["--global-batch-size", "4"], "tokens": TOKENS,
+                     "out": str(root / name / "logits.pt")})
+        out[name] = (root / name, reference, flags, model)
+    dump_logits(jobs, 8, root)
+    return out
 
 
-def test_converted_model_gives_transformers_logits_at_tp2_pp2_ep2(converted):
-    root, reference, flags = converted
+@pytest.mark.parametrize("name,config", [("lite", LITE), ("v2", V2)])
+def test_converted_model_gives_transformers_logits_at_tp2_pp2_ep2(converted, name, config):
+    root, reference, flags, _ = converted[name]
     assert "--multi-head-latent-attention" in flags and "--first-k-dense-replace" in flags
+    assert ("--q-lora-rank" in flags) == ("--n-group" in flags) == (name == "v2")
     ours = torch.load(root / "logits.pt")
-    assert_logits_close(ours[..., :LITE["vocab_size"]], reference)
+    assert_logits_close(ours[..., :config["vocab_size"]], reference)
 
 
-def test_megatron_to_hf_is_bit_identical(converted, tmp_path):
-    root, _, _ = converted
+def _chosen(topk, scores: torch.Tensor) -> torch.Tensor:
+    """Each token's chosen experts as a [tokens, experts] mask."""
+    indices = topk(scores, V2["num_experts_per_tok"], V2["n_group"], V2["topk_group"])[1]
+    return torch.zeros_like(scores, dtype=torch.bool).scatter(1, indices, True)
+
+
+def _megatron_core_ranking(scores, topk, groups, group_topk):
+    return group_limited_topk(scores, topk, scores.shape[0], scores.shape[1], groups, group_topk)
+
+
+def test_v2_routing_differs_from_megatron_cores_group_ranking_on_these_tokens(converted):
+    model = converted["v2"][3]
+    gates = [layer.mlp.gate for layer in model.model.layers[V2["first_k_dense_replace"]:]]
+    inputs = []
+    hooks = [gate.register_forward_hook(lambda _, args, __: inputs.append(args[0]))
+             for gate in gates]
+    with torch.no_grad():
+        model(torch.tensor(TOKENS))
+    for hook in hooks:
+        hook.remove()
+    scores = torch.cat([torch.softmax(hidden.reshape(-1, V2["hidden_size"]) @ gate.weight.T,
+                                      dim=-1) for hidden, gate in zip(inputs, gates)])
+    v2 = _chosen(best_expert_group_topk, scores)
+    assert (v2.view(len(scores), 4, 2).any(dim=-1).sum(dim=-1) == 2).all()
+    assert not torch.equal(v2, _chosen(_megatron_core_ranking, scores))
+
+
+@pytest.mark.parametrize("name,config", [("lite", LITE), ("v2", V2)])
+def test_megatron_to_hf_is_bit_identical(converted, tmp_path, name, config):
+    root = converted[name][0]
     convert("--load-model-type", "mg", "--save-model-type", "hf", "--model-type-hf", "deepseek2",
             "--load-dir", str(root / "mg"), "--save-dir", str(tmp_path))
     original = transformers.AutoModelForCausalLM.from_pretrained(root / "hf").state_dict()
     back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).state_dict()
     assert back.keys() == original.keys()
-    for name, tensor in original.items():
-        assert torch.equal(back[name], tensor), name
+    for key, tensor in original.items():
+        assert torch.equal(back[key], tensor), key
     written = json.loads((tmp_path / "config.json").read_text())
     source = json.loads((root / "hf" / "config.json").read_text())
     assert written["rope_parameters"] == source["rope_parameters"]
-    assert {k: written[k] for k in LITE if k != "rope_parameters"} == \
-        {k: source[k] for k in LITE if k != "rope_parameters"}
+    assert {k: written[k] for k in config if k != "rope_parameters"} == \
+        {k: source[k] for k in config if k != "rope_parameters"}
 
 
 @pytest.mark.parametrize("overrides,needle", [
-    ({"q_lora_rank": 8}, "q_lora_rank=8"),
+    # Low-rank queries with greedy routing, and group-limited routing with direct queries: no
+    # published model has either; each is refused naming the value it cannot take.
+    ({"q_lora_rank": 8}, "topk_method='greedy'"),
     ({"topk_method": "group_limited_greedy", "n_group": 2, "topk_group": 1},
      "topk_method='group_limited_greedy'"),
+    ({"norm_topk_prob": True}, "norm_topk_prob=True"),
 ])
 def test_deepseek_v2_layouts_not_converted_are_refused(tmp_path, overrides, needle, capsys):
     _save_hf(tmp_path / "hf", **overrides)

@@ -22,7 +22,7 @@ from remote_code_families import REMOTE_FAMILIES
 from test_convert_families import CASE_FAMILY, HF_CONFIGS
 
 # The families moved out of families.py; the hand list below covered exactly these.
-MOVED = ("llama2", "mistral", "qwen", "qwen3", "mixtral", "qwen2_moe", "baichuan2", "internlm",
+MOVED = ("llama2", "mistral", "qwen25", "qwen3", "mixtral", "qwen2_moe", "baichuan2", "internlm",
          "internlm2", "chatglm3", "gemma", "gemma2", "bloom")
 RUN = ["--micro-batch-size", "1", "--train-iters", "0", "--lr", "0", "--mock-data"]
 

@@ -117,11 +117,11 @@ def test_decoding_fast_path_is_taken_and_matches_megatron_core_forward(tiny, mon
         assert torch.equal(ours, theirs)
 
 
-@pytest.mark.parametrize("family", ["gemma2", "bloom", "qwen"])
+@pytest.mark.parametrize("family", ["gemma2", "bloom", "qwen25"])
 def test_families_generate_what_transformers_does_on_the_decoding_fast_path(family, tmp_path):
     """The KV-cache fast path with the fused flags on the families furthest from Llama:
     sandwich norms, soft-capping and sliding windows (Gemma 2), ALiBi with biases and
-    LayerNorm (Bloom), QKV biases with tied embeddings (Qwen)."""
+    LayerNorm (Bloom), QKV biases with tied embeddings (Qwen2.5)."""
     import torch
     import transformers
 

@@ -220,6 +220,17 @@ def test_bad_lora_flags_are_one_line_errors(tiny_llama, extra, message):
     assert "\n" not in str(failure.value)
 
 
+def test_linear_qkv_target_under_latent_attention_is_refused(tiny_llama):
+    # The target would otherwise match no linear of the layer and adapt nothing.
+    gqa = tiny_llama.index("--group-query-attention")
+    mla = tiny_llama[:gqa] + tiny_llama[gqa + 3:] + [
+        "--multi-head-latent-attention", "--kv-lora-rank", "16", "--qk-rope-head-dim", "8",
+        "--qk-nope-head-dim", "8", "--v-head-dim", "8", "--train-iters", "1"]
+    parse_args(mla + ["--lora-target-modules", "linear_proj"], world_size=1)
+    with pytest.raises(ArgumentError, match="multi-head latent attention .* has no linear_qkv"):
+        parse_args(mla + ["--lora-target-modules", "linear_qkv", "linear_proj"], world_size=1)
+
+
 def test_legacy_target_names_and_tied_modules_to_save(tiny_llama):
     tied = [f for f in tiny_llama if f != "--untie-embeddings-and-output-weights"]
     args = parse_args(tied + ["--train-iters", "1", "--lora-target-modules", "query_key_value",

@@ -45,6 +45,22 @@ def test_rmsnorm_cpu_path_matches_reference(dtype, tol):
                   _forward_backward(lambda a, b: rms_norm_reference(a, b, 1e-5), x, w), tol)
 
 
+def test_rmsnorm_cpu_backward_takes_strided_inputs_and_gradients():
+    """The backward reshapes grad * x into rows: a transposed input and gradient must still give
+    the reference's gradients."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 5, 48, generator=gen).transpose(0, 1)
+    w = torch.rand(48, generator=gen) + 0.5
+    grad = torch.randn(3, 5, 48, generator=gen).transpose(0, 1)
+    assert not x.is_contiguous() and not grad.is_contiguous()
+    results = []
+    for fn in (select_rms_norm("cpu", True).fn, rms_norm_reference):
+        leaves = [x.detach().requires_grad_(), w.detach().clone().requires_grad_()]
+        fn(*leaves, 1e-5).backward(grad)
+        results.append([leaf.grad for leaf in leaves])
+    _assert_close(results[0], results[1], FP32)
+
+
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, FP32), (torch.bfloat16, BF16)])
 def test_swiglu_cpu_path_matches_reference(dtype, tol):
     x = torch.randn(5, 2, 96, generator=torch.Generator().manual_seed(1)).to(dtype)

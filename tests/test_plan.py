@@ -14,6 +14,8 @@ import torch
 from conftest import ROOT, _free_port
 from modellink.argument_errors import ArgumentError
 from modellink.plan.cli import inference_args, main as plan_main, parse_memory
+from modellink.arguments import parse_args
+from modellink.plan.activations import layer_terms
 from modellink.plan.kv_cache import kv_cache_bytes
 from modellink.training.pretrain import pretrain
 
@@ -38,6 +40,12 @@ ONE_RANK = {
                                              "--attention-dropout", "0.1"],
     "full recompute, block": ["--recompute-granularity", "full", "--recompute-method", "block",
                               "--recompute-num-layers", "2"],
+    # DeepSeek-V2's attention and MoE: low-rank queries, shared experts, the first layer dense.
+    "MLA, DeepSeek MoE": LLAMA + [
+        "--multi-head-latent-attention", "--qk-layernorm", "--q-lora-rank", "8",
+        "--kv-lora-rank", "8", "--qk-rope-head-dim", "4", "--qk-nope-head-dim", "8",
+        "--v-head-dim", "6", "--num-experts", "4", "--moe-intermediate-size", "16",
+        "--n-shared-experts", "1", "--first-k-dense-replace", "1", "--moe-router-pre-softmax"],
 }
 TWO_RANKS = {
     "TP2 SP, LayerNorm, biases": ["--tensor-model-parallel-size", "2", "--sequence-parallel",
@@ -53,6 +61,10 @@ TWO_RANKS = {
                                   "rope"],
     "replica optimizer": ["--bf16", "--use-distributed-optimizer",
                           "--enable-high-availability", "--enable-optimizer-state-local-copy"],
+    "TP2 SP MLA, bf16": LLAMA + ["--tensor-model-parallel-size", "2", "--sequence-parallel",
+                                 "--bf16", "--multi-head-latent-attention", "--qk-layernorm",
+                                 "--kv-lora-rank", "8", "--qk-rope-head-dim", "4",
+                                 "--qk-nope-head-dim", "8", "--v-head-dim", "6"],
     "PP2 full recompute, uniform": LLAMA + ["--pipeline-model-parallel-size", "2",
                                             "--recompute-granularity", "full",
                                             "--recompute-method", "uniform",
@@ -149,16 +161,27 @@ def test_plan_only_prints_the_runs_plan_and_starts_nothing(monkeypatch, capsys):
     assert capsys.readouterr().out == out
 
 
-def test_kv_cache_equals_the_inference_cache(monkeypatch, capsys):
+MLA = ["--multi-head-latent-attention", "--qk-layernorm", "--q-lora-rank", "8",
+       "--kv-lora-rank", "8", "--qk-rope-head-dim", "4", "--qk-nope-head-dim", "8",
+       "--v-head-dim", "6"]
+
+
+@pytest.mark.parametrize("attention, expected, formula", [
+    # 4 layers x 2 kv heads x 2 x head dim 8 x max-length 24 x batch 3 x 2 bytes
+    (["--group-query-attention", "--num-query-groups", "2"], 4 * 2 * 2 * 8 * 24 * 3 * 2,
+     "KV cache = layers/PP x kv heads/TP x 2 x head dim"),
+    # MLA caches every head's key (8 + 4 channels) and value (6): 4 x 4 x 18 x 24 x 3 x 2
+    (MLA, 4 * 4 * (8 + 4 + 6) * 24 * 3 * 2, "x (qk-nope + qk-rope + v head dims)"),
+])
+def test_kv_cache_equals_the_inference_cache(monkeypatch, capsys, attention, expected, formula):
     from megatron.core.inference.contexts import StaticInferenceContext
     from modellink.models.gpt import build_model_chunks, transformer_config_from_args
     from modellink.training.initialize import initialize, shutdown
     for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
                        ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(_free_port()))):
         monkeypatch.setenv(key, value)
-    flags = BASE + LLAMA + ["--group-query-attention", "--num-query-groups", "2", "--bf16",
-                            "--micro-batch-size", "3", "--global-batch-size", "3",
-                            "--max-length", "24"]
+    flags = BASE + LLAMA + attention + ["--bf16", "--micro-batch-size", "3",
+                                        "--global-batch-size", "3", "--max-length", "24"]
     args = inference_args(flags, world_size=1)
     args.padded_vocab_size = 128
     backend = initialize(args)
@@ -172,9 +195,23 @@ def test_kv_cache_equals_the_inference_cache(monkeypatch, capsys):
                        for t in pair)
     finally:
         shutdown()
-    assert measured == kv_cache_bytes(args, 0) == 2 * 4 * 2 * 8 * 24 * 3 * 2
+    assert measured == kv_cache_bytes(args, 0) == expected
     plan_main(flags + ["--inference", "--devices", "1"])
-    assert "KV cache = 2 x layers/PP x kv heads/TP" in capsys.readouterr().out
+    assert formula in capsys.readouterr().out
+
+
+def test_latent_attention_activations_by_hand():
+    # fp32, TP 1, the reference RMSNorm (input, fp32 copy and output: 12 B an element), seq 16.
+    args = parse_args(BASE + LLAMA + MLA, world_size=1)
+    terms = layer_terms(args)
+    # The latents: key/value (8) + shared RoPE key (4) as the down projection's output, query
+    # (8) likewise, each norm's fp32 copy and output beyond its input: 4 x (12 + 8) + 8 x 2 x 8.
+    assert terms["query and key/value latents with their norms (whole under TP)"] == 208
+    # 4 heads x (Q and K of 8 + 4 channels, the up-projected 8 + 6 keys/values, the 6-channel
+    # projection input) x 4 B.
+    assert terms["Q, K, up-projected keys/values and projection input"] == 4 * 4 * 44
+    # Two norms on hidden 32, scores of 4 heads x 16 keys, the SwiGLU MLP of width 64.
+    assert sum(terms.values()) == 768 + 208 + 704 + 4 * 4 * 16 + (8 + 12) * 64
 
 
 def test_search_ranks_by_the_stated_formulas(capsys):
@@ -222,9 +259,9 @@ ZOO = ["--mock-data", "--train-iters", "1", "--lr", "1e-6", "--bf16", "--use-fla
     (["--model", "llama2-70b", "--global-batch-size", "32", "--use-fused-swiglu"],
      "| LLaMA-2-70B | 4.05 + 4.05 + 24.28 = 32.38 GiB | 16 x 2.173 B = 32.38 GiB | 2.80 / 11.18 GiB "
      "| 2.66 / 10.62 GiB | 43.56 GiB, fits |"),
-    (["--model", "qwen-72b", "--global-batch-size", "32", "--seq-length", "4096",
+    (["--model", "qwen25-72b", "--global-batch-size", "32", "--seq-length", "4096",
       "--use-fused-swiglu"],
-     "| Qwen-72B (seq 4096) | 4.38 + 4.38 + 26.27 = 35.02 GiB | 16 x 2.351 B = 35.03 GiB | "
+     "| Qwen2.5-72B (seq 4096) | 4.38 + 4.38 + 26.27 = 35.02 GiB | 16 x 2.351 B = 35.03 GiB | "
      "2.85 / 11.39 GiB | 2.66 / 10.62 GiB | 46.42 GiB, fits |"),
     (["--model", "mixtral-8x7b", "--global-batch-size", "8", "--expert-model-parallel-size", "1",
       "--seq-length", "32768", "--moe-token-dispatcher-type", "allgather", "--vocab-size",

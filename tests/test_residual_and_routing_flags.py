@@ -10,7 +10,6 @@ import math
 import pytest
 import torch
 from megatron.core.transformer.moe.moe_utils import get_default_pg_collection
-from megatron.core.transformer.moe.router import TopKRouter
 from megatron.core.transformer.spec_utils import build_module
 
 from conftest import TINY_LLAMA, run_in_one_job
@@ -18,6 +17,7 @@ from modellink.arguments import ArgumentError, parse_args
 from modellink.models.gpt import build_model_chunks, transformer_config_from_args
 from modellink.models.init import init_layout_independent
 from modellink.models.layer_spec import decoder_layer_spec
+from modellink.models.moe import router_spec
 from modellink.models.residual import PostLayerNormResidualLayer
 
 POST_LN = ["--apply-residual-connection-post-layernorm"]
@@ -115,8 +115,10 @@ def test_fp32_residual_keeps_the_stream_between_layers_in_fp32(one_rank):
     (MOE + GROUPED[:2], "needs --topk-group"),
     (MOE + GROUPED[:4], "needs --routed-scaling-factor"),
     (MOE + ["--topk-group", "1"], "need --moe-router-load-balancing-type group_limited_greedy"),
-    (MOE + GROUPED + ["--moe-router-topk", "3"], "needs topk-group <= moe-router-topk < 2"),
-    (MOE + GROUPED + ["--topk-group", "2"], "must be between 1 and --expert-model-parallel-size"),
+    (MOE + GROUPED + ["--n-group", "4", "--moe-router-topk", "3"], "exceeds the 1 experts"),
+    (MOE + GROUPED + ["--topk-group", "2"], "must be between 1 and --n-group 1"),
+    (MOE + GROUPED + ["--n-group", "3"], "--n-group 3 does not divide --num-experts 4"),
+    (MOE + ["--n-group", "2"], "need --moe-router-load-balancing-type group_limited_greedy"),
 ])
 def test_bad_residual_and_routing_flags_give_one_line_error(flags, needle):
     with pytest.raises(ArgumentError, match=needle) as err:
@@ -136,13 +138,15 @@ def _modellink_group_limited(logits, groups, topk_group, topk, scale):
     return routing, routing > 0
 
 
-def test_group_limited_greedy_picks_experts_only_from_the_best_groups(one_rank):
-    # 8 experts in 4 groups of 2 (--expert-model-parallel-size 4), 2 groups, 3 experts.
+@pytest.mark.parametrize("topk", [3, 4])
+def test_group_limited_greedy_picks_experts_only_from_the_best_groups(one_rank, topk):
+    # 8 experts in 4 groups of 2 (--expert-model-parallel-size 4), 2 groups, 3 or 4 experts
+    # (with 4, megatron-core's own ranking would sum each group's best two).
     args = _args(TINY_LLAMA + ["--num-experts", "8", "--expert-model-parallel-size", "4",
-                               "--moe-router-topk", "3"] + GROUPED[:2]
+                               "--moe-router-topk", str(topk)] + GROUPED[:2]
                  + ["--topk-group", "2", "--routed-scaling-factor", "2.5"], world_size=4)
-    router = TopKRouter(config=transformer_config_from_args(args, "cpu"),
-                        pg_collection=get_default_pg_collection()).eval()
+    router = router_spec(args)(config=transformer_config_from_args(args, "cpu"),
+                               pg_collection=get_default_pg_collection()).eval()
     logits = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
     # Token 0's three best experts lie in three groups (0, 1, 2); only groups 0 and 1 may serve.
     logits[0] = torch.tensor([4.0, 1.0, 3.0, -1.0, 2.0, -1.0, -1.0, -1.0])
@@ -150,12 +154,12 @@ def test_group_limited_greedy_picks_experts_only_from_the_best_groups(one_rank):
     # the device check's redirections in a process that did not start through initialize().
     with torch.no_grad(), torch._dynamo.config.patch(disable=True):
         probs, routing_map = router.routing(logits.view(64, 1, 8))
-    expected_probs, expected_map = _modellink_group_limited(logits, 4, 2, 3, 2.5)
+    expected_probs, expected_map = _modellink_group_limited(logits, 4, 2, topk, 2.5)
     assert torch.equal(routing_map, expected_map)
     assert torch.allclose(probs, expected_probs, rtol=1e-6, atol=0)
-    assert routing_map[0].nonzero().flatten().tolist() == [0, 1, 2]
+    assert routing_map[0].nonzero().flatten().tolist() == [0, 1, 2, 3][:topk]
     assert (routing_map.view(64, 4, 2).any(dim=-1).sum(dim=-1) <= 2).all()
-    ungrouped = torch.softmax(logits, dim=-1).topk(3, dim=-1).indices
+    ungrouped = torch.softmax(logits, dim=-1).topk(topk, dim=-1).indices
     assert not torch.equal(routing_map, torch.zeros_like(routing_map).scatter(1, ungrouped, True))
 
 

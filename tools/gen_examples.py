@@ -42,14 +42,15 @@ SHAPE_FLAGS = frozenset({
     "--max-position-embeddings", "--padded-vocab-size", "--num-experts", "--moe-router-topk",
     "--moe-ffn-hidden-size", "--moe-shared-expert-intermediate-size", "--moe-intermediate-size",
     "--n-shared-experts", "--first-k-dense-replace", "--kv-lora-rank", "--q-lora-rank",
-    "--qk-rope-head-dim", "--qk-nope-head-dim", "--v-head-dim",
+    "--qk-rope-head-dim", "--qk-nope-head-dim", "--v-head-dim", "--n-group", "--topk-group",
 })
 # Training sequence length: ModelLink's scripts train at 4k even where the model reads more.
 TRAIN_SEQ = 4096
 DEVICE_MEMORY = 64e9
 DEVICES = 8
-# The tests that run each family's scripts shrunk, and the generate check.
+# The tests that run each family's scripts shrunk, and its generate script.
 SCRIPT_TESTS = "tests/test_family_scripts.py"
+GENERATE_TESTS = "tests/test_family_generate.py"
 CONVERT_TESTS = "tests/test_convert_families.py"
 
 
@@ -82,10 +83,13 @@ class Script:
         self.family, self.size_name, self.size = family, size_name, size
         self.name = f"{family.name}_{size_name.replace('.', 'p')}"
         self.title = f"{family.name}-{size_name}"
+        self.template = size.template or family.template
         flags = preset_flags(self.title)
         shape, self.arch = _split(flags)
-        seq = min(size.seq_length, TRAIN_SEQ)
-        self.shape = [["--seq-length", str(seq)] if g[0] == "--seq-length" else g
+        # The context the model was trained at, where its config.json says (Qwen-1's
+        # seq_length), else its positions.
+        self.shape = [["--seq-length", str(min(int(g[1]), TRAIN_SEQ))]
+                      if g[0] == "--seq-length" else g
                       for g in shape] + [["--padded-vocab-size", str(size.vocab)]]
         layout = size.layout
         self.nodes = max(1, layout.devices // DEVICES) if layout.devices > DEVICES else 1
@@ -168,8 +172,10 @@ class Script:
                        ["--recompute-num-layers", "1"]]
         elif self.recompute == "selective":
             memory.append(["--recompute-granularity", "selective"])
-        moe = ([["--moe-router-load-balancing-type", "aux_loss"],
-                ["--moe-aux-loss-coeff", "0.02"], ["--moe-token-dispatcher-type", "allgather"]]
+        # The family's own routing (DeepSeek-V2's group_limited_greedy) balances with aux_loss.
+        routed = any(g[0] == "--moe-router-load-balancing-type" for g in self.arch)
+        moe = ([["--moe-router-load-balancing-type", "aux_loss"]] * (not routed)
+               + [["--moe-aux-loss-coeff", "0.02"], ["--moe-token-dispatcher-type", "allgather"]]
                if self.moe else [])
         return (self._parallel_flags() + [["${MODEL_ARGS}"]] + self._arch() + moe + [
             ["--tokenizer-type", "PretrainedFromHF"],
@@ -195,7 +201,7 @@ class Script:
             f'DATA_PATH=${{DATA_PATH:-"{data}"}}\n'
             f'TOKENIZER_PATH=${{TOKENIZER_PATH:-"./model_from_hf/{self.title}-hf/"}}\n')
         if finetune:
-            text += f"PROMPT_TYPE=${{PROMPT_TYPE:-{self.family.template}}}\n"
+            text += f"PROMPT_TYPE=${{PROMPT_TYPE:-{self.template}}}\n"
         text += ('LOG_DIR=${LOG_DIR:-"./logs"}\n'
                  f"LOG_NAME=${{LOG_NAME:-{log}}}\n"
                  + self._parallel_vars(layout.tp, layout.pp) + self._dist_and_model()
@@ -228,9 +234,18 @@ class Script:
                            f"./finetune_dataset/{self.title}/alpaca", 2000, True)
 
     def tune_lora(self) -> str:
+        # LoRA does not reach MoE expert layers nor multi-head latent attention's low-rank
+        # projections (modellink/training/lora_args.py refuses them).
+        if "--multi-head-latent-attention" in self.family.settings.fixed_flags:
+            targets, where = "linear_proj", "the attention output projection"
+        elif self.moe:
+            targets, where = "linear_qkv linear_proj", "every attention linear"
+        else:
+            targets, where = ("linear_qkv linear_proj linear_fc1 linear_fc2",
+                              "every attention and MLP linear")
         return ("#!/bin/bash\n" + _comment(
                     f"{self.title} LoRA fine-tuning: the converted base model stays frozen in "
-                    "CKPT_LOAD_DIR; adapters on every attention and MLP linear are trained and "
+                    f"CKPT_LOAD_DIR; adapters on {where} are trained and "
                     "saved, alone, to CKPT_SAVE_DIR (LORA_LOAD_DIR continues from saved ones). "
                     "The run is the full fine-tuning script's (same variables, MODEL_ARGS and "
                     f"EXTRA_ARGS; see tune_{self.name}_full_ptd.sh) with the LoRA flags added, "
@@ -240,7 +255,7 @@ class Script:
                 f"export LOG_NAME=${{LOG_NAME:-tune_{self.name}_lora}}\n"
                 "LORA_LOAD_DIR=${LORA_LOAD_DIR:-}\nLORA_R=${LORA_R:-16}\n"
                 "LORA_ALPHA=${LORA_ALPHA:-32}\n\n"
-                'LORA_ARGS="--lora-target-modules linear_qkv linear_proj linear_fc1 linear_fc2 \\\n'
+                f'LORA_ARGS="--lora-target-modules {targets} \\\n'
                 "    --lora-r ${LORA_R} --lora-alpha ${LORA_ALPHA} "
                 '${LORA_LOAD_DIR:+--lora-load $LORA_LOAD_DIR}"\n\n'
                 'SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)\n'
@@ -282,10 +297,10 @@ class Script:
                                 ["--use-kv-cache"]])
 
     def chat(self) -> str:
-        return self._inference(f"chat in the {self.family.template} prompt format "
+        return self._inference(f"chat in the {self.template} prompt format "
                                '(type "clear" to forget the history, "exit" to quit)',
                                "inference.py",
-                               [["--task", "chat"], ["--prompt-type", self.family.template],
+                               [["--task", "chat"], ["--prompt-type", self.template],
                                 ["--history-turns", "3"], ["--top-p", "0.9"],
                                 ["--temperature", "1"], ["--max-new-tokens", "256"],
                                 ["--max-length", "4096"], ["--use-kv-cache"]])
@@ -439,12 +454,16 @@ def _models_md(scripts: List[Script]) -> str:
         f"- The committed scripts and this page equal the generator's output: "
         f"`{SCRIPT_TESTS}::test_committed_files_are_current`.\n"
         f"- Every family's pretrain and full fine-tune scripts (its first size with a generated "
-        f"pretrain script; LoRA too for Qwen3) run shrunk through MODEL_ARGS for two iterations "
-        f"on two CPU ranks, the fine-tune starting from the pretrain's checkpoint, all in one "
-        f"torchrun job: `{SCRIPT_TESTS}::test_scripts_train_shrunk_on_two_cpu_ranks`. Other "
+        f"pretrain script, else Mixtral's hand-written one; LoRA too for Qwen3 and Mixtral) run "
+        f"shrunk through MODEL_ARGS for two iterations on two CPU ranks, the fine-tune starting "
+        f"from the pretrain's checkpoint, all in one torchrun job: "
+        f"`{SCRIPT_TESTS}::test_scripts_train_shrunk_on_two_cpu_ranks`. Other "
         f"sizes of a family are rendered by the same code from their own numbers.\n"
-        f"- A generate script reproduces transformers' greedy tokens on a converted tiny "
-        f"Qwen3: `{SCRIPT_TESTS}::test_generate_script_matches_transformers_greedy`.\n"
+        f"- Every family's generate script (its first size) reproduces transformers' greedy "
+        f"tokens on a converted tiny model with that size's architecture, converted by its "
+        f"ckpt_convert hf2mcore script; for the trust_remote_code families the reference is "
+        f"the forward of tests/remote_code_families.py: "
+        f"`{GENERATE_TESTS}::test_generate_script_reproduces_transformers_greedy`.\n"
         "- The hand-written LLaMA-2-7B and Mixtral-8x7B scripts: tests/test_example_scripts.py, "
         "tests/test_inference_examples.py, "
         "tests/test_finetune_example.py, tests/test_lora_example.py.\n")

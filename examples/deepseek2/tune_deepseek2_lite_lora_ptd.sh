@@ -1,6 +1,6 @@
 #!/bin/bash
 # deepseek2-lite LoRA fine-tuning: the converted base model stays frozen in CKPT_LOAD_DIR; adapters
-# on every attention and MLP linear are trained and saved, alone, to CKPT_SAVE_DIR (LORA_LOAD_DIR
+# on the attention output projection are trained and saved, alone, to CKPT_SAVE_DIR (LORA_LOAD_DIR
 # continues from saved ones). The run is the full fine-tuning script's (same variables, MODEL_ARGS
 # and EXTRA_ARGS; see tune_deepseek2_lite_full_ptd.sh) with the LoRA flags added, so the two cannot
 # drift.
@@ -11,7 +11,7 @@ LORA_LOAD_DIR=${LORA_LOAD_DIR:-}
 LORA_R=${LORA_R:-16}
 LORA_ALPHA=${LORA_ALPHA:-32}
 
-LORA_ARGS="--lora-target-modules linear_qkv linear_proj linear_fc1 linear_fc2 \
+LORA_ARGS="--lora-target-modules linear_proj \
     --lora-r ${LORA_R} --lora-alpha ${LORA_ALPHA} ${LORA_LOAD_DIR:+--lora-load $LORA_LOAD_DIR}"
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

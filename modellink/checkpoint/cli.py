@@ -100,6 +100,9 @@ def _save_type(args: argparse.Namespace, load_type: str) -> str:
 
 
 def _family(args: argparse.Namespace) -> str:
+    if args.model_type_hf == "llama2" and args.add_qkv_bias:
+        # ModelLink's spelling for Qwen1.5/2/2.5: LLaMA's layout with q/k/v biases.
+        return "qwen25"
     if args.model_type_hf:
         return args.model_type_hf
     if args.loader and args.loader.endswith("_hf"):

@@ -22,7 +22,7 @@ from modellink.checkpoint.output import atomic_directory, check_save_dir
 from modellink.checkpoint.reward import check_megatron_source, classifier_config
 from modellink.checkpoint.split_rules import split_rules
 from modellink.models.families import (
-    get_family, get_model_family, hf_config_from_args, variant_for_args)
+    ffn_hidden_size, get_family, get_model_family, hf_config_from_args, variant_for_args)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -99,7 +99,7 @@ def _to_megatron(options: ConvertOptions, source: Source) -> None:
     if isinstance(source, HuggingFaceSource):
         layout = build_layout(source.shape.num_layers, options.tp, options.pp, options.ep,
                               options.layer_list, options.vpp_layers)
-        _check_divisible(source, source.config["intermediate_size"], layout)
+        _check_divisible(source, ffn_hidden_size(source.settings, source.config), layout)
         padded = padded_vocab(source.shape.vocab_size, layout.tp,
                               options.make_vocab_size_divisible_by)
         flags = model_flags(source.settings, source.config, layout, padded, source.dtype)
@@ -145,9 +145,9 @@ def _to_huggingface(options: ConvertOptions, source: MegatronSource, out_dir: st
     with atomic_directory(out_dir) as tmp:
         if template is not None:
             copied = copy_beside(template, tmp)
-        write_hf(source.read, shape, get_model_family(options.family).mapping, config,
-                 settings.config_class, tmp, options.max_shard_bytes, dtype,
-                 options.tokenizer_model)
+        mapping = get_model_family(options.family).mapping_for(settings)
+        write_hf(source.read, shape, mapping, config, settings.config_class, tmp,
+                 options.max_shard_bytes, dtype, options.tokenizer_model)
     if template is not None:
         print(f"wrote the Hugging Face model to {out_dir} (--save-dir is a model folder, left "
               f"unchanged; copied from it: {', '.join(copied) or 'nothing'})", flush=True)

@@ -35,7 +35,7 @@ class HuggingFaceSource:
         self.settings = variant_for_config(get_family(family), raw)
         check_config(self.settings, raw)
         self.config = canonical_config(self.settings, raw)
-        self.mapping = get_model_family(family).mapping
+        self.mapping = get_model_family(family).mapping_for(self.settings)
         c = self.config
         self.shape = ModelShape(
             num_layers=c["num_hidden_layers"],

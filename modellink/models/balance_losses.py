@@ -7,11 +7,12 @@ fraction of routes to expert j (1 when even), P_j the mean router score of exper
 
 - device level: coeff x sum over devices i of mean_{j in i}(f_j) x sum_{j in i}(P_j),
 - communication: coeff x sum over devices i of D / (M T) x (tokens sent to i) x sum_{j in i}(P_j),
-  M being the devices a token may be sent to (--topk-group, else min(top-k, D)).
+  M being the devices a token may be sent to (--topk-group where the expert groups are the
+  expert-parallel ranks, else min(top-k, D)).
 
-The router (megatron-core's TopKRouter, given to MoELayer through its spec) attaches both to
-the routing weights as megatron-core attaches its own losses, so they reach the gradients and
-its loss tracker alike.
+The router (megatron-core's TopKRouter with DeepSeek-V2's group ranking, group_routing.py,
+given to MoELayer through its spec) attaches both to the routing weights as megatron-core
+attaches its own losses, so they reach the gradients and its loss tracker alike.
 """
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ from typing import Any, Optional, Tuple
 
 import torch
 from megatron.core.transformer.moe.moe_utils import get_tokens_per_expert_and_token_count
-from megatron.core.transformer.moe.router import TopKRouter
+
+from modellink.models.group_routing import GroupLimitedRouter
 
 
-class DeviceBalancedRouter(TopKRouter):
+class DeviceBalancedRouter(GroupLimitedRouter):
     def __init__(self, *args: Any, devices: int, devices_per_token: int, device_coeff: float,
                  comm_coeff: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

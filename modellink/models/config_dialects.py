@@ -1,6 +1,6 @@
 """config.json dialects: families whose config.json spells settings its own way.
 
-For the trust_remote_code families (Baichuan2, Aquila, InternLM, InternLM2, ChatGLM3)
+For the trust_remote_code families (Baichuan2, Aquila, InternLM, InternLM2, ChatGLM3, Qwen-1)
 transformers has no config class either (ChatGLM: `num_layers`, `ffn_hidden_size`,
 `multi_query_group_num`, ...); Aquila's and InternLM's config.json have LLaMA's keys and only
 their own template and classes. The converter
@@ -12,7 +12,7 @@ family file (modellink/models/families/).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,10 @@ class ConfigDialect:
     scales: Dict[str, float] = field(default_factory=dict)
     # A config.json of the family, for exporting a checkpoint that did not come from one.
     template: Dict[str, Any] = field(default_factory=dict)
+    # The family's key for the context the model was trained at, where config.json holds one
+    # beside max_position_embeddings (Qwen-1's seq_length, beyond which its dynamic NTK and
+    # logn attention act): --seq-length on import, and on export where the template leaves it.
+    seq_length: Optional[str] = None
 
 
 def to_llama_keys(dialect: ConfigDialect, config: Dict[str, Any]) -> Dict[str, Any]:

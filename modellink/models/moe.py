@@ -17,6 +17,7 @@ from megatron.core.transformer.moe.grouped_gemm_util import grouped_gemm_is_avai
 
 from modellink.argument_errors import require
 from modellink.models.balance_losses import DeviceBalancedRouter
+from modellink.models.group_routing import GroupLimitedRouter
 
 
 def add_moe_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,8 +48,11 @@ def add_moe_arguments(parser: argparse.ArgumentParser) -> None:
                    help="sigmoid gate on the shared experts' output (Qwen2-MoE)")
     g.add_argument("--moe-permutation-async-comm", action="store_true")
     g.add_argument("--topk-group", type=int, default=None,
-                   help="group_limited_greedy: expert groups (one per expert-parallel rank) "
-                        "each token picks its experts from")
+                   help="group_limited_greedy: the expert groups each token picks its experts "
+                        "from (groups ranked by their best expert, as DeepSeek-V2)")
+    g.add_argument("--n-group", type=int, default=None,
+                   help="group_limited_greedy: the expert groups (DeepSeek-V2's n_group; "
+                        "default: one per expert-parallel rank, as ModelLink groups them)")
     g.add_argument("--routed-scaling-factor", type=float, default=None,
                    help="scale of the chosen experts' weights (group_limited_greedy needs it)")
     g.add_argument("--norm-topk-prob", action="store_true",
@@ -152,9 +156,9 @@ def dense_layers(num_layers: int, first_k_dense: int, freq: int) -> Tuple[int, .
 def _validate_group_limited(args: argparse.Namespace) -> None:
     if args.moe_router_load_balancing_type != "group_limited_greedy":
         # --routed-scaling-factor also scales greedy routing's weights (DeepSeek's config).
-        require(args.topk_group is None,
-                "--topk-group: its expert groups need "
-                "--moe-router-load-balancing-type group_limited_greedy")
+        for flag, value in (("--topk-group", args.topk_group), ("--n-group", args.n_group)):
+            require(value is None, f"{flag}: its expert groups need "
+                                   f"--moe-router-load-balancing-type group_limited_greedy")
         require(args.routed_scaling_factor is None or args.num_experts is not None,
                 "--routed-scaling-factor needs --num-experts")
         return
@@ -163,27 +167,26 @@ def _validate_group_limited(args: argparse.Namespace) -> None:
     require(args.topk_group is not None, f"{flag} needs --topk-group")
     # ModelLink multiplies the chosen experts' weights by it and has no default for it.
     require(args.routed_scaling_factor is not None, f"{flag} needs --routed-scaling-factor")
-    groups, picked, topk = args.expert_model_parallel_size, args.topk_group, args.moe_router_topk
-    require(1 <= picked <= groups, f"--topk-group {picked} must be between 1 and "
-            f"--expert-model-parallel-size {groups} (the expert groups are its ranks)")
-    # megatron-core scores a group by the sum of its best topk // topk_group experts, ModelLink
-    # by its best expert alone: the two pick the same groups only when that quotient is 1.
-    require(picked <= topk < 2 * picked,
-            f"--moe-router-topk {topk} with --topk-group {picked}: group_limited_greedy here "
-            f"needs topk-group <= moe-router-topk < 2 x topk-group")
+    if args.n_group is None:  # ModelLink's groups: the expert-parallel ranks
+        args.n_group = args.expert_model_parallel_size
+    groups, picked, topk = args.n_group, args.topk_group, args.moe_router_topk
+    require(groups >= 1 and args.num_experts % groups == 0,
+            f"--n-group {groups} does not divide --num-experts {args.num_experts}")
+    require(1 <= picked <= groups,
+            f"--topk-group {picked} must be between 1 and --n-group {groups}")
     require(topk <= picked * args.num_experts // groups,
             f"--moe-router-topk {topk} exceeds the {picked * args.num_experts // groups} experts "
             f"of --topk-group {picked} groups")
 
 
 def router_spec(args: argparse.Namespace) -> Optional[Any]:
-    """The router MoELayer builds when DeepSeek's device balance losses are on (None:
-    megatron-core's own)."""
+    """The router MoELayer builds: with DeepSeek's device balance losses or group-limited
+    routing, ours (None: megatron-core's own)."""
     if not (args.moe_device_level_aux_loss_coeff or args.moe_comm_aux_loss_coeff):
-        return None
+        return GroupLimitedRouter if args.topk_group is not None else None
     devices = args.expert_model_parallel_size
-    return partial(DeviceBalancedRouter, devices=devices,
-                   devices_per_token=args.topk_group or min(args.moe_router_topk, devices),
+    per_token = args.topk_group if args.n_group == devices else min(args.moe_router_topk, devices)
+    return partial(DeviceBalancedRouter, devices=devices, devices_per_token=per_token,
                    device_coeff=args.moe_device_level_aux_loss_coeff,
                    comm_coeff=args.moe_comm_aux_loss_coeff)
 
@@ -210,9 +213,9 @@ def moe_config_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
     balancing = args.moe_router_load_balancing_type
     # ModelLink's softmax_topk: top-k of the softmax over all experts, no balancing loss.
     softmax_topk = balancing == "softmax_topk"
-    # ModelLink's group_limited_greedy: the top --topk-group expert-parallel groups by their best
-    # softmax score, the top-k experts among them, weights = scores x --routed-scaling-factor;
-    # its balancing loss is aux_loss (when --moe-aux-loss-coeff > 0).
+    # ModelLink's group_limited_greedy: the top --topk-group of --n-group expert groups by their
+    # best softmax score (GroupLimitedRouter), the top-k experts among them, weights = scores x
+    # --routed-scaling-factor; its balancing loss is aux_loss (when --moe-aux-loss-coeff > 0).
     group_limited = balancing == "group_limited_greedy"
     return dict(
         num_moe_experts=args.num_experts,
@@ -226,7 +229,7 @@ def moe_config_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
         moe_router_pre_softmax=(args.moe_router_pre_softmax or softmax_topk or group_limited)
         and not args.norm_topk_prob,
         moe_layer_freq=moe_layer_pattern(args),
-        moe_router_num_groups=args.expert_model_parallel_size if group_limited else None,
+        moe_router_num_groups=args.n_group,
         moe_router_group_topk=args.topk_group,
         moe_router_topk_scaling_factor=args.routed_scaling_factor,
         moe_aux_loss_coeff=args.moe_aux_loss_coeff,

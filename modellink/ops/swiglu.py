@@ -37,7 +37,10 @@ class _SwiGLUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x)
-        return swiglu_reference(x)
+        gate, up = torch.chunk(x, 2, dim=-1)
+        # Autograd does not record inside forward: the product can overwrite silu's fresh output
+        # instead of allocating another [s, b, ffn] tensor.
+        return F.silu(gate).mul_(up)
 
     @staticmethod
     def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:

@@ -56,6 +56,8 @@ SUBCLASSES = [
     "modellink.models.decoding_layer.DecodingTransformerLayer",
     "modellink.models.gpt.YarnTransformerConfig",
     "modellink.models.gpt_model.ModelLinkGPTModel",
+    "modellink.models.group_routing.BestExpertGroups",
+    "modellink.models.group_routing.GroupLimitedRouter",
     "modellink.models.layer_spec.DenseBiasRowParallelLinear",
     "modellink.models.layer_spec._ModelLinkSpecProvider",
     "modellink.models.sandwich_layer.SandwichLayerSubmodules",

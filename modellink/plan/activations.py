@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Dict
 
-from modellink.plan.params import stage_layers
+from modellink.plan.params import stage_moe_layers
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,37 @@ def _mlp_bytes(args: argparse.Namespace, ffn: int) -> int:
     return fc1 + 3 * w * ffn
 
 
-def layer_terms(args: argparse.Namespace) -> Dict[str, float]:
-    """Bytes one layer keeps per token on one rank, by term, before any full recompute."""
+def _sdpa_upcasts(args: argparse.Namespace) -> bool:
+    """MLA's unfused path is torch SDPA, whose CPU math path computes 16-bit inputs in fp32
+    (and keeps the fp32 copies, not the inputs)."""
+    return (args.multi_head_latent_attention and not args.use_flash_attn
+            and args.device == "cpu" and _width(args) == 2)
+
+
+def _latent_attention_terms(args: argparse.Namespace) -> Dict[str, float]:
+    """Per token, what megatron-core's MLASelfAttention keeps: the latents (gathered whole
+    over TP) with their norms, and per head Q and K of nope + rope channels, the up-projected
+    keys/values (the values are views of them) and the projection input. The rotated RoPE
+    channels are concatenated into Q and K, so they add nothing of their own."""
+    t, w, heads = args.tensor_model_parallel_size, _width(args), args.num_attention_heads
+    qk, v = args.qk_nope_head_dim + args.qk_rope_head_dim, args.v_head_dim
+    norm = _norm_bytes(args) - w if args.qk_layernorm else 0  # beyond the linear's input
+    latent = w * (args.kv_lora_rank + args.qk_rope_head_dim) + norm * args.kv_lora_rank
+    if args.q_lora_rank is not None:
+        latent += (w + norm) * args.q_lora_rank
+    terms = {"query and key/value latents with their norms (whole under TP)": latent}
+    if _sdpa_upcasts(args):
+        terms["projection input; fp32 Q, K and V of torch SDPA's CPU math path"] = (
+            w * heads * v + 4 * heads * (2 * qk + v)) / t
+    else:
+        terms["Q, K, up-projected keys/values and projection input"] = \
+            w * heads * (2 * qk + args.qk_nope_head_dim + 2 * v) / t
+    return terms
+
+
+def layer_terms(args: argparse.Namespace, moe: bool = True) -> Dict[str, float]:
+    """Bytes one layer keeps per token on one rank, by term, before any full recompute;
+    `moe` False: an MoE model's dense layer."""
     h, t, w = args.hidden_size, args.tensor_model_parallel_size, _width(args)
     whole = t if args.sequence_parallel else 1  # SP splits the tensors TP would leave whole
     d = args.kv_channels or h // args.num_attention_heads
@@ -84,19 +113,23 @@ def layer_terms(args: argparse.Namespace) -> Dict[str, float]:
         if args.recompute_granularity == "selective" else set()
     masks = 2 * h * _mask_bytes(args) if args.hidden_dropout > 0 else 0
     terms = {"two norms with the QKV and fc1 inputs, dropout masks (whole under TP)":
-             (2 * _norm_bytes(args) * h + masks) / whole,
-             "Q, K, V and projection input": w * (2 * heads * d + 2 * groups * d) / t}
-    if args.qk_layernorm:
-        terms["Q and K norm outputs and statistics"] = (heads + groups) * (w * d + 8) / t
-    if args.position_embedding_type == "rope":
-        terms["rotated Q and K"] = w * (heads + groups) * d / t
+             (2 * _norm_bytes(args) * h + masks) / whole}
+    if args.multi_head_latent_attention:
+        terms.update(_latent_attention_terms(args))
+    else:
+        terms["Q, K, V and projection input"] = w * (2 * heads * d + 2 * groups * d) / t
+        if args.qk_layernorm:
+            terms["Q and K norm outputs and statistics"] = (heads + groups) * (w * d + 8) / t
+        if args.position_embedding_type == "rope":
+            terms["rotated Q and K"] = w * (heads + groups) * d / t
     if "core_attn" not in modules:
         if args.use_flash_attn:
             terms["softmax log-sum-exp (flash attention)"] = 4 * heads / t
         else:
-            scores = w + (_mask_bytes(args) + w if args.attention_dropout > 0 else 0)
+            kept = 4 if _sdpa_upcasts(args) else w
+            scores = kept + (_mask_bytes(args) + kept if args.attention_dropout > 0 else 0)
             terms["attention scores (the 5as/h term)"] = scores * heads * s / t
-    if args.num_experts is None:
+    if args.num_experts is None or not moe:
         ffn, routed = args.ffn_hidden_size, 1
     else:
         ffn, routed = args.moe_ffn_hidden_size, args.moe_router_topk
@@ -106,7 +139,7 @@ def layer_terms(args: argparse.Namespace) -> Dict[str, float]:
             routed * w * (h / whole + ffn / t)
     if not modules & {"mlp", "moe"}:
         terms["fc1 output and activation"] = routed * _mlp_bytes(args, ffn) / t
-    if args.moe_shared_expert_intermediate_size is not None:
+    if args.moe_shared_expert_intermediate_size is not None and moe:
         gate = w * h / whole if args.shared_expert_gate else 0  # the output the gate scales
         terms["shared expert"] = _mlp_bytes(args, args.moe_shared_expert_intermediate_size) / t \
             + gate
@@ -147,24 +180,28 @@ def _in_flight(args: argparse.Namespace, stage: int) -> float:
 def activation_plan(args: argparse.Namespace, stage: int) -> ActivationPlan:
     terms = layer_terms(args)
     tokens = args.seq_length // args.context_parallel_size * args.micro_batch_size
-    layer = sum(terms.values()) * tokens
-    layers = sum(stage_layers(args)[stage])
+    # Per layer of the stage (an MoE model's dense layers keep less).
+    per_layer = [sum(layer_terms(args, moe).values()) * tokens
+                 for moe in stage_moe_layers(args, stage)]
+    layers = len(per_layer)
     w, h = _width(args), args.hidden_size
     whole = args.tensor_model_parallel_size if args.sequence_parallel else 1
     layer_input = w * h / whole * tokens
     first = _embedding_mask(args, stage) * tokens
-    kept, recompute = layer * layers, 0.0
+    kept, recompute = sum(per_layer), 0.0
     if args.recompute_granularity == "full":
         n = min(args.recompute_num_layers, layers)
         if args.recompute_method == "uniform":
             # Each group of n layers keeps only its input; backward rebuilds one group at a time,
             # the last group first, while every group's input is still held.
             groups = math.ceil(layers / n)
-            kept, recompute = groups * layer_input, groups * layer_input + n * layer
+            rebuilt = max((sum(per_layer[i:i + n]) for i in range(0, layers, n)), default=0)
+            kept, recompute = groups * layer_input, groups * layer_input + rebuilt
         else:
             # The first n layers keep their inputs and are rebuilt one at a time, after backward
             # has gone through (and freed) the layers stored whole.
-            kept, recompute = n * layer_input + (layers - n) * layer, n * layer_input + layer
+            kept = n * layer_input + sum(per_layer[n:])
+            recompute = n * layer_input + max(per_layer[:n], default=0)
         recompute += first
     per_microbatch = kept + _head(args, stage) * tokens + first
     return ActivationPlan(per_microbatch=round(per_microbatch), in_flight=_in_flight(args, stage),

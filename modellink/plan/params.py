@@ -12,6 +12,7 @@ from typing import List, Optional, Tuple
 
 from modellink.argument_errors import ArgumentError
 from modellink.models.lora import lora_enabled
+from modellink.models.moe import moe_layer_pattern
 
 
 @dataclass(frozen=True)
@@ -38,17 +39,43 @@ def _mlp(args: argparse.Namespace, ffn: int, tp: int) -> int:
     return h * width + (ffn // tp) * h + bias
 
 
-def layer_params(args: argparse.Namespace) -> Tuple[int, int]:
-    """(dense, expert) elements of one transformer layer on one rank."""
+def _latent_attention(args: argparse.Namespace) -> int:
+    """megatron-core's MLASelfAttention: bias-free column-parallel projections (queries
+    directly or through the --q-lora-rank latent, the key/value latent with the shared RoPE
+    key), the latents' norms (with --qk-layernorm; replicated) and the output projection."""
+    h, tp, heads = args.hidden_size, args.tensor_model_parallel_size, args.num_attention_heads
+    qk = args.qk_nope_head_dim + args.qk_rope_head_dim
+    norm = _norm if args.qk_layernorm else (lambda _, width: 0)
+    q_rank, kv_rank = args.q_lora_rank, args.kv_lora_rank
+    if q_rank is None:
+        query = h * (heads * qk // tp)
+    else:
+        query = h * (q_rank // tp) + norm(args, q_rank) + q_rank * (heads * qk // tp)
+    key_value = (h * ((kv_rank + args.qk_rope_head_dim) // tp) + norm(args, kv_rank)
+                 + kv_rank * (heads * (args.qk_nope_head_dim + args.v_head_dim) // tp))
+    projection = heads * args.v_head_dim // tp * h
+    return query + key_value + projection + (h if args.add_bias_linear else 0)
+
+
+def _attention(args: argparse.Namespace) -> int:
+    if args.multi_head_latent_attention:
+        return _latent_attention(args)
     h, tp = args.hidden_size, args.tensor_model_parallel_size
     d = args.kv_channels or h // args.num_attention_heads
     qkv = (args.num_attention_heads + 2 * args.num_query_groups) * d // tp
     attention = h * qkv + (args.num_attention_heads * d // tp) * h
     attention += qkv if args.add_bias_linear or args.add_qkv_bias else 0
     attention += h if args.add_bias_linear or args.add_dense_bias else 0
-    attention += 2 * _norm(args, d) if args.qk_layernorm else 0
+    return attention + (2 * _norm(args, d) if args.qk_layernorm else 0)
+
+
+def layer_params(args: argparse.Namespace, moe: bool = True) -> Tuple[int, int]:
+    """(dense, expert) elements of one transformer layer on one rank; `moe` False: an MoE
+    model's dense layer (DeepSeek's first layers)."""
+    h, tp = args.hidden_size, args.tensor_model_parallel_size
+    attention = _attention(args)
     norms = _norm(args, h) * (4 if args.post_norm else 2)
-    if args.num_experts is None:
+    if args.num_experts is None or not moe:
         return attention + norms + _mlp(args, args.ffn_hidden_size, tp), 0
     dense = attention + norms + args.num_experts * h  # the router
     shared = args.moe_shared_expert_intermediate_size
@@ -69,6 +96,26 @@ def stage_layers(args: argparse.Namespace) -> List[List[int]]:
     return [[args.num_layers // pp // vpp] * vpp for _ in range(pp)]
 
 
+def stage_layer_ids(args: argparse.Namespace, stage: int) -> List[int]:
+    """The model's indices (from 0) of the layers pipeline stage `stage` holds: with virtual
+    stages, chunk c of stage s holds the (c x PP + s)-th run of layers."""
+    pp = args.pipeline_model_parallel_size
+    if args.pipeline_layers is not None:
+        start = sum(args.pipeline_layers[:stage])
+        return list(range(start, start + args.pipeline_layers[stage]))
+    vpp = args.virtual_pipeline_model_parallel_size or 1
+    per_chunk = args.num_layers // pp // vpp
+    return [(chunk * pp + stage) * per_chunk + i for chunk in range(vpp)
+            for i in range(per_chunk)]
+
+
+def stage_moe_layers(args: argparse.Namespace, stage: int) -> List[bool]:
+    """Per layer of the stage, whether it is an MoE layer (--first-k-dense-replace and
+    --moe-layer-freq leave some dense)."""
+    pattern = moe_layer_pattern(args) if args.num_experts is not None else None
+    return [bool(pattern and pattern[i]) for i in stage_layer_ids(args, stage)]
+
+
 def stage_params(args: argparse.Namespace, stage: int) -> StageParams:
     """One rank of pipeline stage `stage` (0-based): its layers, plus the embedding on the
     first stage and the final norm and output layer on the last. With tied embeddings and more
@@ -77,8 +124,9 @@ def stage_params(args: argparse.Namespace, stage: int) -> StageParams:
         raise ArgumentError("--lora-r: the memory planner does not model LoRA adapters; plan the "
                             "full model (without --lora-*) for an upper bound")
     h, tp, pp = args.hidden_size, args.tensor_model_parallel_size, args.pipeline_model_parallel_size
-    layers = sum(stage_layers(args)[stage])
-    dense, experts = (n * layers for n in layer_params(args))
+    moe = stage_moe_layers(args, stage)
+    dense = sum(layer_params(args, is_moe)[0] for is_moe in moe)
+    experts = sum(layer_params(args, is_moe)[1] for is_moe in moe)
     vocab_slice = _padded_vocab(args) // tp * h
     if stage == 0:
         dense += vocab_slice

@@ -49,6 +49,12 @@ def render(args: argparse.Namespace, plan: MemoryPlan, device_memory: Optional[f
     return "\n".join(lines)
 
 
+def _key_value_width(args: argparse.Namespace) -> str:
+    if args.multi_head_latent_attention:
+        return "(qk-nope + qk-rope + v head dims)"
+    return "2 x head dim"
+
+
 def render_inference(args: argparse.Namespace, plan: MemoryPlan,
                      device_memory: Optional[float]) -> str:
     """Generation (--inference): per pipeline stage, the weights and the KV cache one rank
@@ -56,8 +62,8 @@ def render_inference(args: argparse.Namespace, plan: MemoryPlan,
     lines: List[str] = [
         f"inference: {args.world_size} devices = TP {args.tensor_model_parallel_size} x PP "
         f"{args.pipeline_model_parallel_size} x DP {args.data_parallel_size}, batch "
-        f"{args.micro_batch_size} x max-length {args.max_length}; KV cache = 2 x layers/PP x "
-        f"kv heads/TP x head dim x max-length x batch x {param_bytes(args)} B",
+        f"{args.micro_batch_size} x max-length {args.max_length}; KV cache = layers/PP x "
+        f"kv heads/TP x {_key_value_width(args)} x max-length x batch x {param_bytes(args)} B",
         f"{'stage':>5} {'weights':>11} {'KV cache':>11} {'total':>11}"]
     totals = []
     for s in plan.stages:

@@ -78,6 +78,13 @@ def validate_lora_args(args: argparse.Namespace) -> None:
         raise ArgumentError(f"--lora-r must be >= 1, got {args.lora_r}")
     if args.lora_alpha <= 0:
         raise ArgumentError(f"--lora-alpha must be > 0, got {args.lora_alpha}")
+    if getattr(args, "multi_head_latent_attention", False) and \
+            "linear_qkv" in args.lora_target_modules:
+        # Its query and key/value projections are separate low-rank linears that LoRA does
+        # not wrap; the target would silently adapt nothing.
+        raise ArgumentError("--lora-target-modules linear_qkv: multi-head latent attention "
+                            "(--multi-head-latent-attention) has no linear_qkv; its LoRA "
+                            "target is linear_proj")
     mlp = [t for t in args.lora_target_modules if t.startswith("linear_fc")]
     if mlp and args.num_experts is not None:
         raise ArgumentError(f"--lora-target-modules {' '.join(mlp)}: LoRA on MoE expert "

@@ -7,15 +7,15 @@ The public names of the former single module are re-exported here, so callers im
 from modellink.models.families.base import (
     Family, FamilyConfigError, FamilySettings, Field, Layout, Size, Variant)
 from modellink.models.families.hf_config import (
-    canonical_config, check_args, check_config, head_dim, hf_config_from_args, num_experts,
-    query_groups, rope_settings, rope_theta, training_flags, variant_for_args,
+    canonical_config, check_args, check_config, ffn_hidden_size, head_dim, hf_config_from_args,
+    num_experts, query_groups, rope_settings, rope_theta, training_flags, variant_for_args,
     variant_for_config)
 from modellink.models.families.presets import get_size, preset_flags, preset_names
 from modellink.models.families.registry import FAMILIES, get_family, get_model_family, validate
 
 __all__ = [
     "FAMILIES", "Family", "FamilyConfigError", "FamilySettings", "Field", "Layout", "Size",
-    "Variant", "canonical_config", "check_args", "check_config", "get_family",
+    "Variant", "canonical_config", "check_args", "check_config", "ffn_hidden_size", "get_family",
     "get_model_family", "get_size", "head_dim", "hf_config_from_args", "num_experts",
     "preset_flags", "preset_names", "query_groups", "rope_settings", "rope_theta",
     "training_flags", "validate", "variant_for_args", "variant_for_config",

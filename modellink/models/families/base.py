@@ -33,12 +33,20 @@ class Field:
     off_as: Optional[str] = None
     # Megatron's value minus HF's (Mistral: HF's window counts the query's own key, ours not).
     offset: int = 0
+    # HF's value is Megatron's times this (Qwen-1: intermediate_size counts w1's and w2's rows).
+    factor: int = 1
 
     def to_flag(self, hf_value: Any) -> str:
-        return str(self.cast(hf_value) + self.offset)
+        value = self.cast(hf_value)
+        if self.factor != 1:
+            if value % self.factor:
+                raise FamilyConfigError(f"config.json {self.hf}={hf_value!r} is not a multiple "
+                                        f"of {self.factor}")
+            value //= self.factor
+        return str(value + self.offset)
 
     def to_hf(self, arg_value: Any) -> Any:
-        return self.cast(arg_value) - self.offset
+        return (self.cast(arg_value) - self.offset) * self.factor
 
 
 LLAMA_FIELDS = (
@@ -122,6 +130,8 @@ class Variant:
     settings: FamilySettings
     in_config: Callable[[Dict[str, Any]], bool]
     in_checkpoint: Callable[[argparse.Namespace, Optional[Dict[str, Any]]], bool]
+    # Its weights, where they are laid out otherwise (None: the family's mapping).
+    mapping: Optional[WeightMapping] = None
 
 
 @dataclass(frozen=True)
@@ -185,6 +195,8 @@ class Size:
     variant: bool = False
     # Further config.json values of this size (Gemma 2-27B's query_pre_attn_scalar).
     extra: Dict[str, Any] = field(default_factory=dict)
+    # Its --prompt-type where ModelLink names one of its own (DeepSeek-V2: deepseek2).
+    template: Optional[str] = None
 
     @property
     def groups(self) -> int:
@@ -206,3 +218,11 @@ class Family:
     @property
     def name(self) -> str:
         return self.settings.name
+
+    def mapping_for(self, settings: FamilySettings) -> WeightMapping:
+        """The weight mapping of the family's model that `settings` (its own or its variant's,
+        as variant_for_config / variant_for_args chose) describes."""
+        variant = self.settings.variant
+        if variant is not None and settings is variant.settings and variant.mapping is not None:
+            return variant.mapping
+        return self.mapping

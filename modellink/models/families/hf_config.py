@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from modellink.models.config_dialects import set_llama_value, strip_llama_keys, to_llama_keys
 from modellink.models.families.base import MOE_SWITCHES, FamilyConfigError, FamilySettings
+from modellink.models.families.common import rope_settings
 from modellink.models.families.registry import FAMILIES
 from modellink.models.feature_args import SWITCHES, VALUED
 
@@ -29,16 +30,6 @@ def variant_for_args(settings: FamilySettings, args: argparse.Namespace,
     variant = settings.variant
     return (variant.settings if variant is not None and variant.in_checkpoint(args, base)
             else settings)
-
-
-def rope_settings(config: Dict[str, Any]) -> Dict[str, Any]:
-    """The RoPE settings with `rope_type` always set: transformers 5 keeps them in
-    `rope_parameters`, older configs in `rope_theta` and `rope_scaling` (`type` before 4.45)."""
-    scaling = dict(config.get("rope_scaling") or {})
-    scaling.setdefault("rope_type", scaling.pop("type", "default"))
-    params = {**scaling, **(config.get("rope_parameters") or {})}
-    params.setdefault("rope_theta", config.get("rope_theta", 10000.0))
-    return params
 
 
 def rope_theta(config: Dict[str, Any], allowed: Tuple[str, ...] = ("default",)) -> float:
@@ -101,6 +92,8 @@ def check_config(settings: FamilySettings, config: Dict[str, Any]) -> None:
     model_type = config.get("model_type")
     if not _owns(settings, config):
         matches = [name for name, family in FAMILIES.items() if _owns(family.settings, config)]
+        # A family that claims the config is its own before the one that takes any of them.
+        matches.sort(key=lambda name: FAMILIES[name].settings.claims is None)
         hint = f"; use --model-type-hf {matches[0]}" if matches else ""
         if model_type in settings.model_types:
             raise FamilyConfigError(f"--model-type-hf {settings.name} does not claim this "
@@ -151,6 +144,21 @@ def num_experts(settings: FamilySettings, config: Dict[str, Any]) -> Optional[in
     return next(config[f.hf] for f in settings.moe_fields if f.arg == "num_experts")
 
 
+def ffn_hidden_size(settings: FamilySettings, config: Dict[str, Any]) -> int:
+    """Megatron's --ffn-hidden-size of a config.json in canonical keys (Qwen-1's
+    intermediate_size is twice it; Bloom's has no such field, its MLP 4 x hidden)."""
+    field = next((f for f in settings.fields if f.arg == "ffn_hidden_size"), None)
+    return int(field.to_flag(config[field.hf])) if field else int(config["intermediate_size"])
+
+
+def seq_length(settings: FamilySettings, config: Dict[str, Any]) -> int:
+    """The --seq-length a config.json (canonical keys) implies."""
+    own = settings.dialect.seq_length if settings.dialect is not None else None
+    if own is not None:
+        return int(config[own])
+    return int(config.get("max_position_embeddings", settings.seq_length))
+
+
 def query_groups(config: Dict[str, Any]) -> int:
     return config.get("num_key_value_heads") or config["num_attention_heads"]
 
@@ -165,7 +173,7 @@ def training_flags(settings: FamilySettings, config: Dict[str, Any]) -> List[str
     for f in settings.optional_fields:
         if config.get(f.hf) is not None:
             flags += [f.flag, f.to_flag(config[f.hf])]
-    flags += ["--seq-length", str(config.get("max_position_embeddings", settings.seq_length)),
+    flags += ["--seq-length", str(seq_length(settings, config)),
               "--kv-channels", str(head_dim(config))]
     if _rope(settings):
         flags += ["--rotary-base",
@@ -243,13 +251,17 @@ def _dialect_config_from_args(settings: FamilySettings, args: argparse.Namespace
     own = base is not None and base.get("model_type") in settings.model_types
     config = strip_llama_keys(dialect, base) if own else dict(dialect.template)
     heads = args.num_attention_heads
-    values = {f.hf: f.cast(getattr(args, f.arg)) for f in settings.fields}
+    values = {f.hf: f.to_hf(getattr(args, f.arg)) for f in settings.fields}
     values.update(vocab_size=vocab_size, head_dim=args.kv_channels or args.hidden_size // heads,
                   num_key_value_heads=args.num_query_groups if args.group_query_attention
                   else heads, tie_word_embeddings=not args.untie_embeddings_and_output_weights,
                   rope_theta=float(args.rotary_base))
     for key, value in values.items():
         set_llama_value(dialect, config, key, value)
+    # Kept from the config.json the checkpoint came from: training at a shorter --seq-length
+    # does not move where the HF model's long-context corrections start.
+    if dialect.seq_length is not None and config.get(dialect.seq_length) is None:
+        config[dialect.seq_length] = args.seq_length
     implied = canonical_config(settings, config)
     readers = {"head_dim": head_dim, "num_key_value_heads": query_groups,
                "rope_theta": lambda c: rope_theta(c, settings.rope_types),

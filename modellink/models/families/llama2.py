@@ -1,5 +1,8 @@
 """LLaMA 1/2/3.x, CodeLlama and Yi (LlamaForCausalLM checkpoints), and Aquila/Aquila2, whose
-remote-code checkpoints have LLaMA's layout and tensor names under a config.json of their own."""
+remote-code checkpoints have LLaMA's layout and tensor names under a config.json of their own.
+
+llama2 takes every model_type llama config; llama3, llama31, llama32, llama33, codellama and yi
+claim theirs by their RoPE settings and convert them the same way (common.llama_settings)."""
 from __future__ import annotations
 
 from typing import Any, Dict, Optional
@@ -36,5 +39,6 @@ FAMILY = Family(
         "70b": Size(80, 8192, 28672, 64, 32000, 4096, Layout(
             tp=8, pp=4, micro_batch=1, global_batch=1024, recompute="full"), query_groups=8),
     },
-    notes="LLaMA-2 sizes; LLaMA 3 (with llama3 RoPE scaling), CodeLlama, Yi and Aquila "
-          "convert through the same family.")
+    notes="LLaMA-2 sizes, and Aquila/Aquila2. LLaMA 3.x, CodeLlama and Yi have families of "
+          "their own (sizes, template, scripts) and still convert as llama2, ModelLink's "
+          "spelling for all of them.")

@@ -1,22 +1,25 @@
 """The model families by name, checked whole when the registry is built.
 
 The list of family modules is explicit: a new family is one import and one entry here.
-`validate()` refuses a family missing any part, a model_type claimed by two families, a prompt
-template that does not exist, and a size whose numbers cannot be laid out as it says.
+`validate()` refuses a family missing any part, a model_type taken by two families that do not
+say which of its configs are theirs (`claims`), a prompt template that does not exist, and a
+size whose numbers cannot be laid out as it says.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 from modellink.checkpoint.mappings import WeightMapping
 from modellink.data.templates import TEMPLATES
 from modellink.models.families import (
     baichuan, baichuan2, bloom, chatglm3, deepseek2, gemma, gemma2, glm, glm4, internlm, internlm2,
-    llama2, minicpm, mistral, mixtral, qwen2, qwen2_moe, qwen3)
+    codellama, llama2, llama3, llama31, llama32, llama33, minicpm, mistral, mixtral, qwen,
+    qwen2_moe, qwen3, qwen25, yi)
 from modellink.models.families.base import Family, FamilyConfigError, FamilySettings, Size
 
-_MODULES = (llama2, mistral, qwen2, qwen3, mixtral, qwen2_moe, baichuan2, baichuan, internlm,
-            internlm2, chatglm3, gemma, gemma2, bloom, deepseek2, glm, glm4, minicpm)
+_MODULES = (llama2, llama3, llama31, llama32, llama33, codellama, yi, mistral, qwen, qwen25, qwen3,
+            mixtral, qwen2_moe, baichuan2, baichuan, internlm, internlm2, chatglm3, gemma, gemma2,
+            bloom, deepseek2, glm, glm4, minicpm)
 
 
 def _size_problems(family: Family, name: str, size: Size) -> List[str]:
@@ -40,6 +43,8 @@ def _size_problems(family: Family, name: str, size: Size) -> List[str]:
          f"family"),
         (size.variant is False or family.settings.variant is not None,
          f"{where}: marked as the variant of a family without one"),
+        (size.template is None or size.template in TEMPLATES,
+         f"{where}: prompt template {size.template!r} is not in modellink/data/templates.py"),
     ]
     if size.experts is not None:
         checks += [(size.topk is not None and 0 < size.topk <= size.experts,
@@ -51,7 +56,7 @@ def _size_problems(family: Family, name: str, size: Size) -> List[str]:
 
 def validate(families: Dict[str, Family]) -> None:
     """Every family whole and consistent, or a FamilyConfigError naming the first problem."""
-    owners: Dict[str, Tuple[str, bool]] = {}  # model_type -> family, whether it claims
+    takers: Dict[str, str] = {}  # model_type -> the family that does not claim (takes any)
     for name, family in families.items():
         problems = []
         if not isinstance(family.settings, FamilySettings) or family.settings.name != name:
@@ -70,12 +75,14 @@ def validate(families: Dict[str, Family]) -> None:
         if problems:
             raise FamilyConfigError(f"model family {name}: {problems[0]}")
         variant = family.settings.variant
-        claims = family.settings.claims is not None
+        if family.settings.claims is not None:
+            continue
+        # Families may share a model_type when all but one say which configs are their own
+        # (llama2 takes every "llama" config; LLaMA 3.x, Yi and CodeLlama claim theirs).
         for model_type in family.settings.model_types + (
                 variant.settings.model_types if variant else ()):
-            owner, owner_claims = owners.setdefault(model_type, (name, claims))
-            # Two families may share a model_type when each says which configs are its own.
-            if owner != name and not (claims and owner_claims):
+            owner = takers.setdefault(model_type, name)
+            if owner != name:
                 raise FamilyConfigError(f"model_type {model_type!r} is claimed by families "
                                         f"{owner} and {name}")
 
