@@ -53,6 +53,17 @@ def run_ranks(args: List[str], nproc: int, history: Optional[Path] = None,
     return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+def run_example(script: str, stdin: Optional[str] = None, **variables: str
+                ) -> subprocess.CompletedProcess:
+    """`bash examples/<script>` on CPU ranks over gloo, with the venv's torchrun first on PATH
+    and a free port; `variables` set the script's own (GPUS_PER_NODE, TP, MODEL_ARGS, ...)."""
+    env = dict(os.environ, MASTER_PORT=str(_free_port()), DISTRIBUTED_BACKEND="gloo",
+               OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+               PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}", **variables)
+    return subprocess.run(["bash", str(ROOT / "examples" / script)], env=env, input=stdin,
+                          capture_output=True, text=True, timeout=600)
+
+
 def run_in_one_job(runs: list, nproc: int) -> subprocess.CompletedProcess:
     """tests/launch_pretrain_runs.py under torchrun: `runs` (pretrain() argument lists and
     what to do around each) one after the other in one job, to share its start-up."""

@@ -5,7 +5,6 @@ transformers. With a learning rate of 0 nothing trains, so every weight comes ba
 and the original folder is left exactly as it was."""
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 import torch
 import transformers
 
-from conftest import ROOT, _free_port
+from conftest import run_example
 from modellink.checkpoint.cli import main as convert_main
 from remote_code_families import load_remote, model_type_hf
 from test_convert_families import convert, save_tiny_hf
@@ -51,17 +50,14 @@ def _hashes(folder: Path) -> Dict[str, str]:
 
 
 def _pretrain_script(root: Path, load: Path, save: Path) -> subprocess.CompletedProcess:
-    env = dict(
-        os.environ, GPUS_PER_NODE="2", TP="2", PP="1", MASTER_PORT=str(_free_port()),
-        DISTRIBUTED_BACKEND="gloo", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+    return run_example(
+        "llama2/pretrain_llama2_7b_ptd.sh",
+        GPUS_PER_NODE="2", TP="2", PP="1",
         DATA_PATH=_dataset(root), TOKENIZER_MODEL=str(root / "llama-2-hf" / "tokenizer.model"),
         CKPT_LOAD_DIR=str(load), CKPT_SAVE_DIR=str(save), MODEL_ARGS=MODEL_ARGS,
         LOG_DIR=str(save.parent / "logs"),
         EXTRA_ARGS="--device cpu --train-iters 1 --lr 0 --min-lr 0 --global-batch-size 4 "
-                   "--eval-iters 0",
-        PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}")
-    return subprocess.run(["bash", str(ROOT / "examples/llama2/pretrain_llama2_7b_ptd.sh")],
-                          env=env, capture_output=True, text=True, timeout=600)
+                   "--eval-iters 0")
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,8 @@ Hugging Face Llama converted to Megatron (TP=2), trained with DPO on pairs made 
 demo's instruction data (its answer chosen, another record's answer rejected) preprocessed
 with the Alpaca pairwise handler."""
 import json
-import os
-import subprocess
 
-from conftest import ROOT, _free_port
+from conftest import run_example
 from data_helpers import demo, preprocess, write_jsonl  # noqa: F401
 from test_finetune_example import converted_base
 
@@ -21,20 +19,15 @@ def test_llama2_7b_dpo_script_on_two_cpu_ranks(tmp_path, demo):  # noqa: F811
                                            for p in pairs])
     preprocess(tmp_path / "pairs.jsonl", tmp_path / "pairs", demo["tokenizer"], "--handler-name",
                "AlpacaStylePairwiseHandler", "--prompt-type", "llama2", "--seq-length", "64")
-    env = dict(
-        os.environ,
-        GPUS_PER_NODE="2", TP="2", PP="1", MASTER_PORT=str(_free_port()),
-        DISTRIBUTED_BACKEND="gloo", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+    result = run_example(
+        "llama2/dpo_llama2_7b_ptd.sh",
+        GPUS_PER_NODE="2", TP="2", PP="1",
         DATA_PATH=str(tmp_path / "pairs"), TOKENIZER_PATH=demo["tokenizer"],
         CKPT_LOAD_DIR=str(tmp_path / "mg"), CKPT_SAVE_DIR=str(tmp_path / "dpo"),
         LOG_DIR=str(tmp_path / "logs"),
         MODEL_ARGS="--num-layers 2 --hidden-size 64 --ffn-hidden-size 128 "
                    "--num-attention-heads 4 --seq-length 64 --max-position-embeddings 64",
-        EXTRA_ARGS="--device cpu --train-iters 3 --global-batch-size 4",
-        PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}",
-    )
-    result = subprocess.run(["bash", str(ROOT / "examples/llama2/dpo_llama2_7b_ptd.sh")],
-                            env=env, capture_output=True, text=True, timeout=600)
+        EXTRA_ARGS="--device cpu --train-iters 3 --global-batch-size 4")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     log = (tmp_path / "logs" / "dpo_llama2_7b.log").read_text()
     assert "iteration        3/       3" in log and "rewards/accuracies: " in log

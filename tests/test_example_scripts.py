@@ -1,14 +1,12 @@
 """The LLaMA-2-7B, Qwen1.5-7B and Mixtral-8x7B example scripts run unchanged on two CPU ranks
 with a small override."""
-import os
-import subprocess
 
 import numpy
 import sentencepiece
 import torch
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-from conftest import ROOT, _free_port
+from conftest import run_example
 from data_helpers import demo  # noqa: F401
 
 
@@ -34,41 +32,31 @@ def _dataset(tmp_path) -> str:
 
 
 def test_llama2_7b_script_on_two_cpu_ranks(tmp_path):
-    env = dict(
-        os.environ,
-        GPUS_PER_NODE="2", TP="2", PP="1", MASTER_PORT=str(_free_port()),
-        DISTRIBUTED_BACKEND="gloo", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+    result = run_example(
+        "llama2/pretrain_llama2_7b_ptd.sh",
+        GPUS_PER_NODE="2", TP="2", PP="1",
         DATA_PATH=_dataset(tmp_path), TOKENIZER_MODEL=_tiny_sentencepiece(tmp_path),
         CKPT_LOAD_DIR=str(tmp_path / "ckpt"), CKPT_SAVE_DIR=str(tmp_path / "ckpt"),
         LOG_DIR=str(tmp_path / "logs"),
         MODEL_ARGS="--num-layers 2 --hidden-size 64 --ffn-hidden-size 128 "
                    "--num-attention-heads 4 --seq-length 32 --max-position-embeddings 32",
-        EXTRA_ARGS="--device cpu --train-iters 3 --global-batch-size 4 --eval-iters 1",
-        PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}",
-    )
-    result = subprocess.run(["bash", str(ROOT / "examples/llama2/pretrain_llama2_7b_ptd.sh")],
-                            env=env, capture_output=True, text=True, timeout=600)
+        EXTRA_ARGS="--device cpu --train-iters 3 --global-batch-size 4 --eval-iters 1")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "iteration        3/       3" in (tmp_path / "logs" / "train_llama2_7b.log").read_text()
     assert (tmp_path / "ckpt" / "latest_checkpointed_iteration.txt").read_text() == "3"
 
 
 def test_qwen15_7b_script_on_two_cpu_ranks(tmp_path, demo):  # noqa: F811
-    env = dict(
-        os.environ,
-        GPUS_PER_NODE="2", TP="2", PP="1", MASTER_PORT=str(_free_port()),
-        DISTRIBUTED_BACKEND="gloo", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+    result = run_example(
+        "qwen15/pretrain_qwen15_7b_ptd.sh",
+        GPUS_PER_NODE="2", TP="2", PP="1",
         DATA_PATH=_dataset(tmp_path), TOKENIZER_PATH=demo["tokenizer"],
         CKPT_LOAD_DIR=str(tmp_path / "ckpt"), CKPT_SAVE_DIR=str(tmp_path / "ckpt"),
         LOG_DIR=str(tmp_path / "logs"),
         MODEL_ARGS="--num-layers 2 --hidden-size 64 --ffn-hidden-size 128 "
                    "--num-attention-heads 4 --seq-length 32 --max-position-embeddings 32 "
                    "--padded-vocab-size 512",
-        EXTRA_ARGS="--device cpu --train-iters 2 --global-batch-size 2 --save-interval 2",
-        PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}",
-    )
-    result = subprocess.run(["bash", str(ROOT / "examples/qwen15/pretrain_qwen15_7b_ptd.sh")],
-                            env=env, capture_output=True, text=True, timeout=600)
+        EXTRA_ARGS="--device cpu --train-iters 2 --global-batch-size 2 --save-interval 2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "iteration        2/       2" in (tmp_path / "logs" / "train_qwen15_7b.log").read_text()
     saved = torch.load(tmp_path / "ckpt" / "iter_0000002" / "mp_rank_01" / "model_optim_rng.pt",
@@ -78,21 +66,16 @@ def test_qwen15_7b_script_on_two_cpu_ranks(tmp_path, demo):  # noqa: F811
 
 
 def test_mixtral_8x7b_script_on_two_cpu_ranks_with_expert_parallelism(tmp_path):
-    env = dict(
-        os.environ,
-        GPUS_PER_NODE="2", NNODES="1", TP="1", PP="1", EP="2", MASTER_PORT=str(_free_port()),
-        DISTRIBUTED_BACKEND="gloo", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+    result = run_example(
+        "mixtral/pretrain_mixtral_8x7b_ptd.sh",
+        GPUS_PER_NODE="2", NNODES="1", TP="1", PP="1", EP="2",
         DATA_PATH=_dataset(tmp_path), TOKENIZER_MODEL=_tiny_sentencepiece(tmp_path),
         CKPT_LOAD_DIR=str(tmp_path / "ckpt"), CKPT_SAVE_DIR=str(tmp_path / "ckpt"),
         LOG_DIR=str(tmp_path / "logs"),
         MODEL_ARGS="--num-layers 2 --hidden-size 64 --ffn-hidden-size 128 "
                    "--num-attention-heads 4 --seq-length 32 --max-position-embeddings 32",
         EXTRA_ARGS="--device cpu --num-query-groups 2 --train-iters 2 --global-batch-size 2 "
-                   "--save-interval 2",
-        PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}",
-    )
-    result = subprocess.run(["bash", str(ROOT / "examples/mixtral/pretrain_mixtral_8x7b_ptd.sh")],
-                            env=env, capture_output=True, text=True, timeout=600)
+                   "--save-interval 2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     log = (tmp_path / "logs" / "train_mixtral_8x7b.log").read_text()
     assert "iteration        2/       2" in log

@@ -169,8 +169,8 @@ def _prepare(name: str, root: Path, env: Dict[str, str], tokenizer: str) -> dict
     prompt, expected = _save_tiny(name, family, size, directory / "hf")
     env = dict(env, TP="1", PP="1", EP="1", LOAD_DIR=str(directory / "hf"),
                SAVE_DIR=str(directory / "mg"))
-    convert_argv = recorded_argv(ROOT / "examples" / name /
-                           f"ckpt_convert_{script.name}_hf2mcore.sh", env)
+    convert_argv = recorded_argv(
+        ROOT / "examples" / name / f"ckpt_convert_{script.name}_hf2mcore.sh", env)
     flags = _convert(convert_argv[1:])
     shape = [token for group in gen_examples._split(flags)[0] for token in group]
     env.update(GPUS_PER_NODE="1", CHECKPOINT=str(directory / "mg"), TOKENIZER_PATH=tokenizer,

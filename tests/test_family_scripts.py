@@ -50,11 +50,9 @@ def _pretrain_script(script: "gen_examples.Script") -> str:
     return f"examples/{script.family.name}/pretrain_{script.name}_ptd.sh"
 
 
-# Pretrain saves the checkpoint the family's tune scripts then start from; LoRA runs for each
-# kind of target list the generator writes: a dense family, an MoE one and a latent-attention one.
-LORA_FAMILIES = ("qwen3", "mixtral", "deepseek2")
+# Pretrain saves the checkpoint the family's tune scripts then start from.
 SHRUNK = [(name, _pretrain_size(name), ("pretrain", "tune_full", "tune_lora")
-           if name in LORA_FAMILIES else ("pretrain", "tune_full"))
+           if name in gen_examples.LORA_TESTED else ("pretrain", "tune_full"))
           for name in gen_examples.FAMILIES]
 # Stands in for torchrun: appends its command line to $RECORDED.
 RECORDER = f"""#!{sys.executable}
@@ -148,7 +146,7 @@ def test_scripts_train_shrunk_on_two_cpu_ranks(tmp_path, demo):  # noqa: F811
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for save in saves:
         assert (save / "latest_checkpointed_iteration.txt").read_text() == "2", save
-    for family in LORA_FAMILIES:  # only the adapters are saved, on every rank
+    for family in gen_examples.LORA_TESTED:  # only the adapters are saved, on every rank
         shards = sorted((tmp_path / f"{family}_tune_lora" / "iter_0000002").glob(
             "mp_rank_*/model_optim_rng.pt"))
         assert shards, family

@@ -1,14 +1,12 @@
 """The LLaMA-2-7B full fine-tuning script runs unchanged on two CPU ranks with a small override:
 a tiny Hugging Face Llama converted to Megatron (TP=2), fine-tuned on the demo's instruction
 data preprocessed with the Alpaca handler and packed."""
-import os
-import subprocess
 from pathlib import Path
 
 import torch
 import transformers
 
-from conftest import ROOT, _free_port
+from conftest import run_example
 from data_helpers import demo, preprocess  # noqa: F401
 from test_convert_families import convert
 
@@ -44,20 +42,15 @@ def test_llama2_7b_full_tune_script_on_two_cpu_ranks(tmp_path, demo):  # noqa: F
     preprocess(demo["instruction"], tmp_path / "alpaca", demo["tokenizer"], "--handler-name",
                "AlpacaStyleInstructionHandler", "--prompt-type", "llama2", "--append-eod",
                "--pack", "--seq-length", "64")
-    env = dict(
-        os.environ,
-        GPUS_PER_NODE="2", TP="2", PP="1", MASTER_PORT=str(_free_port()),
-        DISTRIBUTED_BACKEND="gloo", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+    result = run_example(
+        "llama2/tune_llama2_7b_full_ptd.sh",
+        GPUS_PER_NODE="2", TP="2", PP="1",
         DATA_PATH=str(tmp_path / "alpaca"), TOKENIZER_PATH=demo["tokenizer"],
         CKPT_LOAD_DIR=str(tmp_path / "mg"), CKPT_SAVE_DIR=str(tmp_path / "sft"),
         LOG_DIR=str(tmp_path / "logs"),
         MODEL_ARGS="--num-layers 2 --hidden-size 64 --ffn-hidden-size 128 "
                    "--num-attention-heads 4 --seq-length 64 --max-position-embeddings 64",
-        EXTRA_ARGS="--device cpu --train-iters 3 --global-batch-size 4",
-        PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}",
-    )
-    result = subprocess.run(["bash", str(ROOT / "examples/llama2/tune_llama2_7b_full_ptd.sh")],
-                            env=env, capture_output=True, text=True, timeout=600)
+        EXTRA_ARGS="--device cpu --train-iters 3 --global-batch-size 4")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "instruction data, prompt type llama2, padded length per micro-batch" in result.stdout
     assert "iteration        3/       3" in (tmp_path / "logs" / "tune_llama2_7b.log").read_text()

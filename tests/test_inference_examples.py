@@ -1,11 +1,9 @@
 """The LLaMA-2 generate / chat / evaluate example scripts run unchanged on two CPU ranks with
 a tiny converted model put in through their environment overrides."""
-import os
-import subprocess
 
 import pytest
 
-from conftest import ROOT, _free_port
+from conftest import run_example
 from test_evaluation_scoring import write_mmlu
 from test_inference_generate import convert, tiny_llama, word_tokenizer
 
@@ -28,18 +26,15 @@ def test_example_script_on_two_cpu_ranks(tiny_tp2, tmp_path, script, layout, std
     root, flags, tokenizer = tiny_tp2
     shape_end = flags.index("--untie-embeddings-and-output-weights")
     data, _ = write_mmlu(tmp_path)
-    env = dict(
-        os.environ, GPUS_PER_NODE="2", TP="2" if layout == "tp2" else "1",
-        PP="2" if layout == "pp2" else "1", MASTER_PORT=str(_free_port()),
-        DISTRIBUTED_BACKEND="gloo", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+    result = run_example(
+        f"llama2/{script}_llama2_7b_ptd.sh", stdin=stdin,
+        GPUS_PER_NODE="2", TP="2" if layout == "tp2" else "1",
+        PP="2" if layout == "pp2" else "1",
         MODELLINK_CPU_THREADS="1", CHECKPOINT=str(root / layout), TOKENIZER_PATH=tokenizer,
         DATA_PATH=str(data), MODEL_ARGS=" ".join(flags[:shape_end]),
         EXTRA_ARGS=f"--device cpu --max-new-tokens 4 --max-length 64 "
                    f"--eval-output {tmp_path / 'results.json'} --max-eval-samples 2"
-        if script == "evaluate" else "--device cpu --max-new-tokens 4 --max-length 64 --top-k 5",
-        PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}")
-    result = subprocess.run(["bash", str(ROOT / f"examples/llama2/{script}_llama2_7b_ptd.sh")],
-                            env=env, input=stdin, capture_output=True, text=True, timeout=600)
+        if script == "evaluate" else "--device cpu --max-new-tokens 4 --max-length 64 --top-k 5")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for text in expected:
         assert text in result.stdout, result.stdout[-3000:]

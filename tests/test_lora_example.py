@@ -1,11 +1,9 @@
 """The LLaMA-2-7B LoRA example script runs unchanged on two CPU ranks with a small override,
 on a tiny Hugging Face Llama converted to Megatron (TP=2) as its base model."""
-import os
-import subprocess
 
 import torch
 
-from conftest import ROOT, _free_port
+from conftest import run_example
 from data_helpers import demo, preprocess  # noqa: F401  (demo is a fixture)
 from test_finetune_example import converted_base
 
@@ -14,21 +12,16 @@ def test_llama2_7b_lora_script_on_two_cpu_ranks(tmp_path, demo):  # noqa: F811
     converted_base(tmp_path, demo["tokenizer"], str(tmp_path / "base"))
     preprocess(demo["instruction"], tmp_path / "alpaca", demo["tokenizer"],
                "--handler-name", "AlpacaStyleInstructionHandler", "--prompt-type", "llama2")
-    env = dict(
-        os.environ,
-        GPUS_PER_NODE="2", TP="2", PP="1", MASTER_PORT=str(_free_port()),
-        DISTRIBUTED_BACKEND="gloo", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+    result = run_example(
+        "llama2/tune_llama2_7b_lora_ptd.sh",
+        GPUS_PER_NODE="2", TP="2", PP="1",
         DATA_PATH=str(tmp_path / "alpaca"), TOKENIZER_PATH=demo["tokenizer"],
         LORA_R="4", LORA_ALPHA="8",
         CKPT_LOAD_DIR=str(tmp_path / "base"), CKPT_SAVE_DIR=str(tmp_path / "lora"),
         LOG_DIR=str(tmp_path / "logs"),
         MODEL_ARGS="--num-layers 2 --hidden-size 64 --ffn-hidden-size 128 "
                    "--num-attention-heads 4 --seq-length 64 --max-position-embeddings 64",
-        EXTRA_ARGS="--device cpu --train-iters 2 --global-batch-size 4",
-        PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}",
-    )
-    result = subprocess.run(["bash", str(ROOT / "examples/llama2/tune_llama2_7b_lora_ptd.sh")],
-                            env=env, capture_output=True, text=True, timeout=600)
+        EXTRA_ARGS="--device cpu --train-iters 2 --global-batch-size 4")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     log = (tmp_path / "logs" / "tune_llama2_7b_lora.log").read_text()
     assert "iteration        2/       2" in log

@@ -15,7 +15,7 @@ import torch
 import transformers
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
-from conftest import ROOT, _free_port
+from conftest import ROOT, _free_port, run_example
 from data_helpers import demo, preprocess, write_jsonl  # noqa: F401
 from modellink.argument_errors import ArgumentError
 from modellink.checkpoint.cli import main as convert_main
@@ -107,21 +107,16 @@ def trained(tmp_path_factory, demo):  # noqa: F811
                                        for p in pairs])
     preprocess(root / "pairs.jsonl", root / "pairs", demo["tokenizer"], "--handler-name",
                "AlpacaStylePairwiseHandler", "--prompt-type", "llama2", "--seq-length", "64")
-    env = dict(
-        os.environ,
-        GPUS_PER_NODE="2", TP="2", PP="1", MASTER_PORT=str(_free_port()),
-        DISTRIBUTED_BACKEND="gloo", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+    result = run_example(
+        "llama2/rm_llama2_7b_ptd.sh",
+        GPUS_PER_NODE="2", TP="2", PP="1",
         DATA_PATH=str(root / "pairs"), TOKENIZER_PATH=demo["tokenizer"],
         CKPT_LOAD_DIR=str(root / "start"), CKPT_SAVE_DIR=str(root / "rm"),
         LOG_DIR=str(root / "logs"),
         MODEL_ARGS="--num-layers 2 --hidden-size 64 --ffn-hidden-size 128 "
                    "--num-attention-heads 4 --seq-length 64 --max-position-embeddings 64",
         EXTRA_ARGS="--device cpu --train-iters 4 --global-batch-size 8 --lr 1e-3 "
-                   "--eval-interval 4 --eval-iters 1",
-        PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}",
-    )
-    result = subprocess.run(["bash", str(ROOT / "examples/llama2/rm_llama2_7b_ptd.sh")],
-                            env=env, capture_output=True, text=True, timeout=600)
+                   "--eval-interval 4 --eval-iters 1")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     _export(root / "rm", root / "hf_tp2")
     _convert("--load-model-type", "mg", "--save-model-type", "mg", "--load-dir", root / "rm",

@@ -51,6 +51,9 @@ DEVICES = 8
 # The tests that run each family's scripts shrunk, and its generate script.
 SCRIPT_TESTS = "tests/test_family_scripts.py"
 GENERATE_TESTS = "tests/test_family_generate.py"
+# The families whose LoRA script SCRIPT_TESTS also runs: one for each kind of target list
+# tune_lora writes (dense, MoE, multi-head latent attention).
+LORA_TESTED = ("qwen3", "mixtral", "deepseek2")
 CONVERT_TESTS = "tests/test_convert_families.py"
 
 
@@ -454,8 +457,8 @@ def _models_md(scripts: List[Script]) -> str:
         f"- The committed scripts and this page equal the generator's output: "
         f"`{SCRIPT_TESTS}::test_committed_files_are_current`.\n"
         f"- Every family's pretrain and full fine-tune scripts (its first size with a generated "
-        f"pretrain script, else Mixtral's hand-written one; LoRA too for Qwen3 and Mixtral) run "
-        f"shrunk through MODEL_ARGS for two iterations on two CPU ranks, the fine-tune starting "
+        f"pretrain script, else Mixtral's hand-written one; LoRA too for "
+        f"{', '.join(LORA_TESTED)}) run shrunk through MODEL_ARGS for two iterations on two CPU ranks, the fine-tune starting "
         f"from the pretrain's checkpoint, all in one torchrun job: "
         f"`{SCRIPT_TESTS}::test_scripts_train_shrunk_on_two_cpu_ranks`. Other "
         f"sizes of a family are rendered by the same code from their own numbers.\n"

@@ -181,8 +181,9 @@ def activation_plan(args: argparse.Namespace, stage: int) -> ActivationPlan:
     terms = layer_terms(args)
     tokens = args.seq_length // args.context_parallel_size * args.micro_batch_size
     # Per layer of the stage (an MoE model's dense layers keep less).
-    per_layer = [sum(layer_terms(args, moe).values()) * tokens
-                 for moe in stage_moe_layers(args, stage)]
+    moe = stage_moe_layers(args, stage)
+    per_kind = {is_moe: sum(layer_terms(args, is_moe).values()) * tokens for is_moe in set(moe)}
+    per_layer = [per_kind[is_moe] for is_moe in moe]
     layers = len(per_layer)
     w, h = _width(args), args.hidden_size
     whole = args.tensor_model_parallel_size if args.sequence_parallel else 1

@@ -125,8 +125,9 @@ def stage_params(args: argparse.Namespace, stage: int) -> StageParams:
                             "full model (without --lora-*) for an upper bound")
     h, tp, pp = args.hidden_size, args.tensor_model_parallel_size, args.pipeline_model_parallel_size
     moe = stage_moe_layers(args, stage)
-    dense = sum(layer_params(args, is_moe)[0] for is_moe in moe)
-    experts = sum(layer_params(args, is_moe)[1] for is_moe in moe)
+    per_kind = {is_moe: layer_params(args, is_moe) for is_moe in set(moe)}
+    dense = sum(per_kind[is_moe][0] for is_moe in moe)
+    experts = sum(per_kind[is_moe][1] for is_moe in moe)
     vocab_slice = _padded_vocab(args) // tp * h
     if stage == 0:
         dense += vocab_slice

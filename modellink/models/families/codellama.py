@@ -4,21 +4,14 @@ infilling tokens to LLaMA 2's 32000 and keep one query group per head; 34B has 8
 infilling tokens."""
 from __future__ import annotations
 
-from typing import Any, Dict
-
 from modellink.models.families.base import Family, Layout, Size
-from modellink.models.families.common import LLAMA_MAPPING, llama_settings, rope_settings
+from modellink.models.families.common import LLAMA_MAPPING, llama_settings, plain_rope_base
 
 _ROPE_THETA = 1e6
 
 
-def _is_codellama(config: Dict[str, Any]) -> bool:
-    rope = rope_settings(config)
-    return rope["rope_type"] == "default" and float(rope["rope_theta"]) == _ROPE_THETA
-
-
 FAMILY = Family(
-    settings=llama_settings("codellama", _is_codellama),
+    settings=llama_settings("codellama", plain_rope_base(_ROPE_THETA)),
     mapping=LLAMA_MAPPING,
     template="llama2",
     sizes={

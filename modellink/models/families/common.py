@@ -42,6 +42,15 @@ def rope_settings(config: Dict[str, Any]) -> Dict[str, Any]:
     return params
 
 
+def plain_rope_base(*thetas: float) -> Callable[[Dict[str, Any]], bool]:
+    """Claims the configs with unscaled RoPE at one of these bases (how LLaMA 3, Yi and
+    CodeLlama tell their model_type llama configs apart)."""
+    def claims(config: Dict[str, Any]) -> bool:
+        rope = rope_settings(config)
+        return rope["rope_type"] == "default" and float(rope["rope_theta"]) in thetas
+    return claims
+
+
 def llama_settings(name: str, claims: Callable[[Dict[str, Any]], bool],
                    rope_scalings: Tuple[str, ...] = ()) -> FamilySettings:
     """The settings of a family of LlamaForCausalLM checkpoints: llama2's, under its own name,

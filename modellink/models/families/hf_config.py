@@ -292,23 +292,17 @@ def check_args(settings: FamilySettings, args: argparse.Namespace) -> None:
         if held != value:
             raise FamilyConfigError(f"the checkpoint was trained with {attr}={held!r}, but "
                                     f"--model-type-hf {settings.name} needs {value!r}")
-    # Checkpoints written before --rotary-interleaved existed rotate halves.
-    if getattr(args, "rotary_interleaved", False) != settings.rotary_interleaved:
-        raise FamilyConfigError(f"the checkpoint was trained "
-                                f"{'with' if not settings.rotary_interleaved else 'without'} "
-                                f"--rotary-interleaved, but --model-type-hf {settings.name} "
-                                f"{'needs' if settings.rotary_interleaved else 'cannot hold'} it")
-    # Checkpoints written before --add-dense-bias existed have no such bias.
-    if getattr(args, "add_dense_bias", False) != settings.dense_bias:
-        raise FamilyConfigError(f"the checkpoint was trained "
-                                f"{'without' if settings.dense_bias else 'with'} "
-                                f"--add-dense-bias, but --model-type-hf {settings.name} "
-                                f"{'needs' if settings.dense_bias else 'cannot hold'} it")
-    if getattr(args, "qk_layernorm", False) != settings.qk_layernorm:
-        raise FamilyConfigError(f"the checkpoint was trained "
-                                f"{'without' if settings.qk_layernorm else 'with'} "
-                                f"--qk-layernorm, but --model-type-hf {settings.name} "
-                                f"{'needs' if settings.qk_layernorm else 'cannot hold'} it")
+    # Checkpoints written before these switches existed have them off (RoPE over halves, no
+    # dense bias, no query/key norms).
+    for attr, flag, needed in (("rotary_interleaved", "--rotary-interleaved",
+                                settings.rotary_interleaved),
+                               ("add_dense_bias", "--add-dense-bias", settings.dense_bias),
+                               ("qk_layernorm", "--qk-layernorm", settings.qk_layernorm)):
+        if getattr(args, attr, False) != needed:
+            raise FamilyConfigError(f"the checkpoint was trained "
+                                    f"{'without' if needed else 'with'} {flag}, but "
+                                    f"--model-type-hf {settings.name} "
+                                    f"{'needs' if needed else 'cannot hold'} it")
     scaling = getattr(args, "rope_scaling_type", None)
     if scaling is not None and scaling not in settings.rope_scalings:
         raise FamilyConfigError(f"the checkpoint was trained with --rope-scaling-type {scaling}, "

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Optional
 
 from modellink.models.families.base import Family, Layout, Size
-from modellink.models.families.common import LLAMA_MAPPING, llama_settings, rope_settings
+from modellink.models.families.common import (
+    LLAMA_MAPPING, llama_settings, plain_rope_base, rope_settings)
 
 VOCAB = 128256
 ROPE_THETA = 500000.0
@@ -42,13 +43,8 @@ def llama3_size(layers: int, hidden: int, ffn: int, heads: int, layout: Layout,
                 extra={"rope_parameters": rope} if rope else {})
 
 
-def _is_llama3(config: Dict[str, Any]) -> bool:
-    rope = rope_settings(config)
-    return rope["rope_type"] == "default" and float(rope["rope_theta"]) == ROPE_THETA
-
-
 FAMILY = Family(
-    settings=llama_settings("llama3", _is_llama3),
+    settings=llama_settings("llama3", plain_rope_base(ROPE_THETA)),
     mapping=LLAMA_MAPPING,
     template="llama3",
     sizes={

@@ -3,22 +3,15 @@ attention and a RoPE base of 5e6 (1e7 for the 200K-context models), which is how
 claims its configs; the chat models use ChatML."""
 from __future__ import annotations
 
-from typing import Any, Dict
-
 from modellink.models.families.base import Family, Layout, Size
-from modellink.models.families.common import LLAMA_MAPPING, llama_settings, rope_settings
+from modellink.models.families.common import LLAMA_MAPPING, llama_settings, plain_rope_base
 
 _VOCAB = 64000
 _ROPE_THETAS = (5e6, 1e7)
 
 
-def _is_yi(config: Dict[str, Any]) -> bool:
-    rope = rope_settings(config)
-    return rope["rope_type"] == "default" and float(rope["rope_theta"]) in _ROPE_THETAS
-
-
 FAMILY = Family(
-    settings=llama_settings("yi", _is_yi),
+    settings=llama_settings("yi", plain_rope_base(*_ROPE_THETAS)),
     mapping=LLAMA_MAPPING,
     template="chatml",
     sizes={
