@@ -1,10 +1,13 @@
 """Training throughput: `pretrain_gpt`'s train loop vs a plain Hugging Face transformers loop.
 
-Same Llama config, batch, sequence length, dtype and optimizer (AdamW), in one process. The two
-sides run in alternating rounds (so both see the same machine load) and each side's best round
-counts: its median step time after warm-up. Prints tokens/s of each, the ratio, and where a
-step's time goes on each side (forward, backward, optimizer, communication, data, other), so a
-regression shows which phase it is in; MFU on a GPU.
+Same Llama config, batch, sequence length, dtype and optimizer (AdamW), in one process. Within
+a round both sides are built once and then step in turn, one step each, their order swapped
+every step, so machine load that comes and goes (on a shared VM it moves step times by 10-30%)
+lands on both alike. Our side is `pretrain()`'s own set-up and train loop, advanced one
+iteration per turn. Each side's figure is the median step after warm-up of its best round;
+the median of the per-step ratios is printed beside it. Also where a step's time goes on each
+side (forward, backward, optimizer, communication, data, other), so a regression shows which
+phase it is in; MFU on a GPU.
 
     python bench/train_throughput.py                  # CPU, 4 layers, hidden 256, seq 256
     python bench/train_throughput.py --preset 1b      # GPU
@@ -16,7 +19,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 
@@ -48,22 +51,18 @@ PRESETS = {
 H100_BF16_PEAK_FLOPS = 989e12
 
 
-def _ours(cfg: dict, iters: int, bf16: bool, device: str) -> List[Step]:
-    from modellink.training.pretrain import pretrain
-
-    argv = llama_architecture_flags(cfg) + [
+def _our_argv(cfg: dict, bf16: bool, device: str) -> List[str]:
+    return llama_architecture_flags(cfg) + [
         "--use-flash-attn", "--use-fused-rmsnorm", "--use-fused-swiglu",
         "--use-fused-rotary-pos-emb",
         "--attention-dropout", "0", "--hidden-dropout", "0",
         "--mock-data", "--vocab-size", str(cfg["vocab"] - 1), "--padded-vocab-size",
         str(cfg["vocab"]), "--micro-batch-size", str(cfg["batch"]),
-        "--global-batch-size", str(cfg["batch"]), "--train-iters", str(iters), "--lr", "1e-4",
+        "--global-batch-size", str(cfg["batch"]), "--train-iters", "1", "--lr", "1e-4",
         "--lr-decay-style", "constant", "--weight-decay", "0.0", "--clip-grad", "0",
-        "--log-interval", str(iters), "--eval-iters", "0", "--device", device,
+        "--log-interval", "1000000", "--eval-iters", "0", "--device", device,
         "--timing-log-level", "2",
     ] + (["--bf16"] if bf16 else [])
-    return [_phases_from_timers(record.timers, record.seconds)
-            for record in pretrain(argv).history]
 
 
 def _phases_from_timers(timers: Dict[str, float], total: float) -> Step:
@@ -75,33 +74,65 @@ def _phases_from_timers(timers: Dict[str, float], total: float) -> Step:
     return step
 
 
-def _huggingface(cfg: dict, iters: int, bf16: bool, device: str) -> List[Step]:
-    from transformers import LlamaConfig, LlamaForCausalLM
+class _Ours:
+    """pretrain()'s loop, one iteration per call (its recorded step time and timers)."""
 
-    config = LlamaConfig(
-        vocab_size=cfg["vocab"], hidden_size=cfg["hidden"], intermediate_size=cfg["ffn"],
-        num_hidden_layers=cfg["layers"], num_attention_heads=cfg["heads"],
-        num_key_value_heads=cfg["groups"], max_position_embeddings=cfg["seq"],
-        tie_word_embeddings=False, attn_implementation="sdpa",
-    )
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    model = LlamaForCausalLM(config).to(device=device, dtype=dtype)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    steps = []
-    for _ in range(iters):
-        clock = _PhaseClock(sync)
-        tokens = torch.randint(0, cfg["vocab"], (cfg["batch"], cfg["seq"]), device=device)
+    def __init__(self, run: Any) -> None:
+        self._run = run
+
+    def step(self) -> Step:
+        from modellink.training.loop import train
+
+        run = self._run
+        run.args.train_iters = run.state.iteration + 1
+        record = train(run.args, run.model, run.optimizer, run.scheduler, run.train_iters,
+                       None, run.state, forward=run.forward).history[-1]
+        return _phases_from_timers(record.timers, record.seconds)
+
+
+class _HuggingFace:
+    def __init__(self, cfg: dict, bf16: bool, device: str) -> None:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        config = LlamaConfig(
+            vocab_size=cfg["vocab"], hidden_size=cfg["hidden"], intermediate_size=cfg["ffn"],
+            num_hidden_layers=cfg["layers"], num_attention_heads=cfg["heads"],
+            num_key_value_heads=cfg["groups"], max_position_embeddings=cfg["seq"],
+            tie_word_embeddings=False, attn_implementation="sdpa",
+        )
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        self._cfg, self._device = cfg, device
+        self._model = LlamaForCausalLM(config).to(device=device, dtype=dtype)
+        self._optimizer = torch.optim.AdamW(self._model.parameters(), lr=1e-4, weight_decay=0.0)
+        self._sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def step(self) -> Step:
+        cfg = self._cfg
+        clock = _PhaseClock(self._sync)
+        tokens = torch.randint(0, cfg["vocab"], (cfg["batch"], cfg["seq"]), device=self._device)
         clock.lap("data")
-        loss = model(input_ids=tokens, labels=tokens).loss
+        loss = self._model(input_ids=tokens, labels=tokens).loss
         clock.lap("forward")
         loss.backward()
         clock.lap("backward")
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        self._optimizer.step()
+        self._optimizer.zero_grad(set_to_none=True)
         clock.lap("optimizer")
-        steps.append(clock.step())
-    return steps
+        return clock.step()
+
+
+def _round(cfg: dict, iters: int, bf16: bool, device: str) -> Tuple[List[Step], List[Step]]:
+    """Both sides built, then `iters` turns of one step each, the order swapped every turn."""
+    from modellink.training.pretrain import parse_training_args, training_session
+
+    args, tokenizer = parse_training_args(_our_argv(cfg, bf16, device))
+    with training_session(args, tokenizer) as run:
+        sides = (_HuggingFace(cfg, bf16, device), _Ours(run))
+        steps: Tuple[List[Step], List[Step]] = ([], [])
+        for turn in range(iters):
+            for index in ((0, 1) if turn % 2 == 0 else (1, 0)):
+                steps[index].append(sides[index].step())
+        return steps
 
 
 class _PhaseClock:
@@ -120,9 +151,9 @@ class _PhaseClock:
         return dict(self._phases, total=self._last - self._start)
 
 
-def _round_median(steps: List[Step], warmup: int) -> Step:
-    """Per phase, the median over the round's steps after warm-up."""
-    return {key: statistics.median(step[key] for step in steps[warmup:]) for key in steps[0]}
+def _round_median(steps: List[Step]) -> Step:
+    """Per phase, the median over the round's steps."""
+    return {key: statistics.median(step[key] for step in steps) for key in steps[0]}
 
 
 def _load() -> str:
@@ -136,10 +167,10 @@ def _breakdown(step: Step) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None)
-    parser.add_argument("--iters", type=int, default=8, help="steps per round")
-    parser.add_argument("--warmup", type=int, default=2, help="steps of a round not counted")
+    parser.add_argument("--iters", type=int, default=24, help="steps per side per round")
+    parser.add_argument("--warmup", type=int, default=4, help="steps of a round not counted")
     parser.add_argument("--rounds", type=int, default=3,
-                        help="alternating rounds per side; each side's best round counts")
+                        help="rounds (both sides built anew); each side's best round counts")
     parser.add_argument("--bf16", action="store_true")
     cli = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -147,23 +178,26 @@ def main() -> None:
     bf16 = cli.bf16 or device == "cuda"
     tokens = cfg["batch"] * cfg["seq"]
 
-    hf_rounds, our_rounds, rounds_log = [], [], []
+    hf_rounds, our_rounds, step_ratios, rounds_log = [], [], [], []
     for index in range(cli.rounds):
-        hf_rounds.append(_round_median(_huggingface(cfg, cli.iters, bf16, device), cli.warmup))
-        our_rounds.append(_round_median(_ours(cfg, cli.iters, bf16, device), cli.warmup))
+        hf_steps, our_steps = (steps[cli.warmup:] for steps in _round(cfg, cli.iters, bf16,
+                                                                      device))
+        hf_rounds.append(_round_median(hf_steps))
+        our_rounds.append(_round_median(our_steps))
+        step_ratios += [h["total"] / o["total"] for h, o in zip(hf_steps, our_steps)]
         rounds_log.append(f"  round {index + 1}: transformers {hf_rounds[-1]['total'] * 1000:.1f}"
                           f" ms, modellink {our_rounds[-1]['total'] * 1000:.1f} ms, ratio "
                           f"{hf_rounds[-1]['total'] / our_rounds[-1]['total']:.3f}, "
                           f"1-min load {_load()}")
     hf, ours = (min(rounds, key=lambda step: step["total"]) for rounds in (hf_rounds, our_rounds))
-    ratios = [h["total"] / o["total"] for h, o in zip(hf_rounds, our_rounds)]
     print(f"model {cfg}, dtype {'bf16' if bf16 else 'fp32'}, device {device}, "
-          f"threads {torch.get_num_threads()}, best of {cli.rounds} alternating rounds")
+          f"threads {torch.get_num_threads()}, best of {cli.rounds} rounds of {cli.iters} "
+          f"steps per side, taken in turn")
     print("\n".join(rounds_log))
-    # Rounds run back to back share the machine's load: their spread says how far to trust
-    # the best-of ratio below.
-    print(f"per-round ratio: min {min(ratios):.3f}, median {statistics.median(ratios):.3f}, "
-          f"max {max(ratios):.3f}")
+    # Each ratio compares two steps taken back to back, under the same load.
+    print(f"per-step ratio over {len(step_ratios)} pairs: median "
+          f"{statistics.median(step_ratios):.3f}, quartiles "
+          f"{' - '.join(f'{q:.3f}' for q in statistics.quantiles(step_ratios, n=4)[::2])}")
     print(f"hugging face transformers: {tokens / hf['total']:10.1f} tokens/s "
           f"({hf['total'] * 1000:.1f} ms/iter)")
     print(f"modellink pretrain_gpt:    {tokens / ours['total']:10.1f} tokens/s "

@@ -221,8 +221,9 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
                    help="with --manual-gc: do not collect after each evaluation")
     g.add_argument("--no-gradient-accumulation-fusion", action="store_false",
                    dest="gradient_accumulation_fusion",
-                   help="accepted for script compatibility: weight-gradient fusion needs apex, so "
-                        "gradients are always accumulated by the unfused path")
+                   help="add weight gradients into the gradient buffer in a separate pass (fused "
+                        "into the weight-gradient matmul by default on CPU; GPUs and NPUs "
+                        "always take the separate pass, the fused one needs apex)")
 
 
 def _add_mixed_precision_args(parser: argparse.ArgumentParser) -> None:

@@ -82,8 +82,6 @@ def add_unsupported_flags(parser: argparse.ArgumentParser) -> None:
 _NO_EFFECT: Tuple[Tuple[str, Callable[[argparse.Namespace], bool], str], ...] = (
     ("--use-mcore-models", lambda a: a.use_mcore_models,
      "megatron-core's GPTModel is the only model here"),
-    ("--no-gradient-accumulation-fusion", lambda a: not a.gradient_accumulation_fusion,
-     "weight-gradient accumulation is never fused here (it needs apex)"),
     ("--no-masked-softmax-fusion", lambda a: not a.masked_softmax_fusion,
      "megatron-core's fused masked softmax is never used here"),
     ("--no-rope-fusion", lambda a: not a.apply_rope_fusion,

@@ -106,7 +106,7 @@ def test_evaluation_rejects_unsupported_flags_too(capsys):
 
 
 def test_flags_without_effect_and_mc2_without_sequence_parallelism_are_logged():
-    args = parse_args(BASE + ["--use-mcore-models", "--no-gradient-accumulation-fusion",
+    args = parse_args(BASE + ["--use-mcore-models",
                               "--no-masked-softmax-fusion", "--no-rope-fusion",
                               "--local-rank", "0", "--use-mc2", "--moe-permutation-async-comm"])
     notes = "\n".join(args.compatibility_notes)

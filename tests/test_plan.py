@@ -40,6 +40,9 @@ ONE_RANK = {
                                              "--attention-dropout", "0.1"],
     "full recompute, block": ["--recompute-granularity", "full", "--recompute-method", "block",
                               "--recompute-num-layers", "2"],
+    # The CPU SwiGLU keeps the gate's activation beside the product (ops/swiglu.py).
+    "fused SwiGLU and RMSNorm, wide MLP": LLAMA + ["--use-fused-swiglu", "--use-fused-rmsnorm",
+                                                  "--ffn-hidden-size", "512"],
     # DeepSeek-V2's attention and MoE: low-rank queries, shared experts, the first layer dense.
     "MLA, DeepSeek MoE": LLAMA + [
         "--multi-head-latent-attention", "--qk-layernorm", "--q-lora-rank", "8",

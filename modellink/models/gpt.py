@@ -9,6 +9,7 @@ from typing import List, Optional
 import torch
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
+from megatron.core.tensor_parallel import layers as tensor_parallel_layers
 from megatron.core.transformer.transformer_block import (
     TransformerBlockSubmodules,
     get_num_layers_to_build,
@@ -79,7 +80,10 @@ def transformer_config_from_args(args: argparse.Namespace, device: str) -> Trans
         bias_activation_fusion=args.use_fused_swiglu and args.swiglu and device == "cuda",
         bias_dropout_fusion=False,
         apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
+        # As Megatron-LM: on unless turned off, where a fused path exists (apex's kernel, or
+        # the CPU backend's addmm, patches/grad_accumulation.py).
+        gradient_accumulation_fusion=(args.gradient_accumulation_fusion
+                                      and tensor_parallel_layers._grad_accum_fusion_available),
         persist_layer_norm=False,
         tensor_model_parallel_size=args.tensor_model_parallel_size,
         pipeline_model_parallel_size=args.pipeline_model_parallel_size,

@@ -9,6 +9,7 @@ from typing import List, Optional
 from modellink.backend.cpu import cpu_patches
 from modellink.patches.cross_entropy import cross_entropy_patches
 from modellink.patches.forward_only import forward_only_patches
+from modellink.patches.grad_accumulation import grad_accumulation_patches
 from modellink.patches.mla import mla_patches
 from modellink.patches.moe import moe_patches
 from modellink.patches.multi_tensor import multi_tensor_patches
@@ -17,7 +18,8 @@ from modellink.patches.registry import Patch, PatchRegistry
 
 REGISTRY = PatchRegistry()
 for _patch in (cpu_patches() + forward_only_patches() + mla_patches() + moe_patches()
-               + optimizer_patches() + multi_tensor_patches() + cross_entropy_patches()):
+               + optimizer_patches() + multi_tensor_patches() + cross_entropy_patches()
+               + grad_accumulation_patches()):
     REGISTRY.register(_patch)
 
 

@@ -63,13 +63,16 @@ def _norm_bytes(args: argparse.Namespace) -> int:
 def _mlp_bytes(args: argparse.Namespace, ffn: int) -> int:
     """Per token, one MLP's fc1 output and activation tensors: megatron-core's unfused GLU
     keeps the gate's activation, the linear half plus its offset and their product (3 x ffn);
-    the fused SwiGLU keeps only the product; recomputing the activation keeps fc1's output."""
+    the fused SwiGLU keeps only the product, and on CPU the gate's activation too (ops/swiglu.py);
+    recomputing the activation keeps fc1's output."""
     w, gated = _width(args), 2 if args.swiglu or args.geglu else 1
     fc1 = w * ffn * gated
     if args.recompute_activation_function:
         return fc1
-    if gated == 1 or (args.use_fused_swiglu and args.num_experts is None):
+    if gated == 1:
         return fc1 + w * ffn
+    if args.use_fused_swiglu and args.num_experts is None:
+        return fc1 + (2 if args.device == "cpu" else 1) * w * ffn
     return fc1 + 3 * w * ffn
 
 

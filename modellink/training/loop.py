@@ -87,13 +87,18 @@ def forward_step(data_iterator: Iterator, model: torch.nn.Module, check_nan: boo
     return output, partial(loss_func, batch["loss_mask"], check_nan=check_nan)
 
 
+def _sum_over_data_parallel(total: torch.Tensor) -> torch.Tensor:
+    group = parallel_state.get_data_parallel_group(with_context_parallel=True)
+    if group.size() > 1:  # a one-rank collective still costs a gloo round trip per step
+        torch.distributed.all_reduce(total, group=group)
+    return total
+
+
 def _reduce_reported_loss(losses: List[Dict[str, torch.Tensor]]) -> Optional[float]:
     """Token-weighted loss over the global batch; None on ranks without the loss."""
     if not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
         return None
-    total = torch.stack([entry["lm loss"] for entry in losses]).sum(dim=0)
-    torch.distributed.all_reduce(
-        total, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
+    total = _sum_over_data_parallel(torch.stack([entry["lm loss"] for entry in losses]).sum(dim=0))
     return (total[0] / total[1].clamp(min=1)).item()
 
 
@@ -104,10 +109,8 @@ def _reduce_reported_metrics(losses: List[Dict[str, torch.Tensor]]) -> Dict[str,
     names = [name for name in losses[0] if name != "lm loss"]
     if not names:
         return {}
-    total = torch.stack([torch.stack([entry[name] for name in names]) for entry in losses]
-                        ).sum(dim=0)
-    torch.distributed.all_reduce(
-        total, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
+    total = _sum_over_data_parallel(
+        torch.stack([torch.stack([entry[name] for name in names]) for entry in losses]).sum(dim=0))
     return {name: (pair[0] / pair[1].clamp(min=1)).item() for name, pair in zip(names, total)}
 
 

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
-from typing import Any, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -20,8 +22,8 @@ from modellink.training.components import build_model, build_optimizer, build_sc
 from modellink.training.data.datasets import (build_iterator, build_split_datasets,
                                                check_data_files)
 from modellink.training.initialize import initialize, shutdown
-from modellink.training.loop import (TrainState, configure_model_hooks, evaluate_only,
-                                     evaluate_test, save, train)
+from modellink.training.loop import (ForwardStep, TrainState, configure_model_hooks,
+                                     evaluate_only, evaluate_test, save, train)
 from modellink.training.monitoring.memory import MemoryReport
 from modellink.training.ha.replica import log_memory_account
 from modellink.training.posttrain.stage import stage_forward_step
@@ -96,17 +98,27 @@ def _log_setup(args: argparse.Namespace, model: List[torch.nn.Module]) -> None:
               flush=True)
 
 
-def pretrain(argv: Optional[Sequence[str]] = None) -> TrainState:
-    start_time = time.time()  # --exit-duration-in-mins counts set-up time too, as Megatron-LM
-    args = parse_args(argv)
-    validate_training_run(args)
-    check_data_files(args)
-    tokenizer = _training_tokenizer(args)
-    args.padded_vocab_size = padded_vocab_size(tokenizer.vocab_size, args)
-    if args.plan_only:  # before any process group, model or data: the plan needs none
-        if int(os.environ.get("RANK", 0)) == 0:
-            print(render_plan(args, estimate(args), None), flush=True)
-        return TrainState()
+@dataclass
+class TrainingSession:
+    """What `pretrain()` builds before its loop: the model chunks, optimizer, scheduler, the
+    resumed state, the stage's forward step and the data iterators (None where a split is
+    empty)."""
+    args: argparse.Namespace
+    model: List[torch.nn.Module]
+    optimizer: Any
+    scheduler: Any
+    state: TrainState
+    forward: ForwardStep
+    train_iters: Optional[List[Any]]
+    valid_iters: Optional[List[Any]]
+    test_iters: Optional[List[Any]]
+    memory: MemoryReport
+
+
+@contextlib.contextmanager
+def training_session(args: argparse.Namespace, tokenizer: Any) -> Iterator[TrainingSession]:
+    """Process groups, model, optimizer, checkpoint and data for parsed arguments; the process
+    groups are torn down on exit, so a process (or benchmark) can open another."""
     backend = initialize(args)
     try:
         config = transformer_config_from_args(args, backend.device)
@@ -124,20 +136,42 @@ def pretrain(argv: Optional[Sequence[str]] = None) -> TrainState:
                                loaded.consumed_valid_samples)
         forward = stage_forward_step(args, config, model, state.iteration)
         train_ds, valid_ds, test_ds = build_split_datasets(args, tokenizer)
-        train_iters = _iterators(train_ds, args, state.consumed_train_samples, len(model))
-        valid_iters = _iterators(valid_ds, args, state.consumed_valid_samples, len(model))
-        test_iters = _iterators(test_ds, args, 0, len(model))
-        start = state.iteration
-        if args.skip_train:
-            state = evaluate_only(args, model, valid_iters, state, forward)
-        else:
-            state = train(args, model, optimizer, scheduler, train_iters, valid_iters, state,
-                          start_time, forward, memory)
-        if args.save and state.iteration > start and state.last_saved_iteration != state.iteration:
-            save(args, model, optimizer, scheduler, state)
-        if test_iters and state.exit_reason is None:
-            evaluate_test(args, model, test_iters, state, forward)
-        torch.distributed.barrier()
-        return state
+        yield TrainingSession(
+            args, model, optimizer, scheduler, state, forward,
+            _iterators(train_ds, args, state.consumed_train_samples, len(model)),
+            _iterators(valid_ds, args, state.consumed_valid_samples, len(model)),
+            _iterators(test_ds, args, 0, len(model)), memory)
     finally:
         shutdown()
+
+
+def parse_training_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, Any]:
+    """The command line, checked before any work, and the tokenizer it names."""
+    args = parse_args(argv)
+    validate_training_run(args)
+    check_data_files(args)
+    tokenizer = _training_tokenizer(args)
+    args.padded_vocab_size = padded_vocab_size(tokenizer.vocab_size, args)
+    return args, tokenizer
+
+
+def pretrain(argv: Optional[Sequence[str]] = None) -> TrainState:
+    start_time = time.time()  # --exit-duration-in-mins counts set-up time too, as Megatron-LM
+    args, tokenizer = parse_training_args(argv)
+    if args.plan_only:  # before any process group, model or data: the plan needs none
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(render_plan(args, estimate(args), None), flush=True)
+        return TrainState()
+    with training_session(args, tokenizer) as run:
+        start = run.state.iteration
+        if args.skip_train:
+            state = evaluate_only(args, run.model, run.valid_iters, run.state, run.forward)
+        else:
+            state = train(args, run.model, run.optimizer, run.scheduler, run.train_iters,
+                          run.valid_iters, run.state, start_time, run.forward, run.memory)
+        if args.save and state.iteration > start and state.last_saved_iteration != state.iteration:
+            save(args, run.model, run.optimizer, run.scheduler, state)
+        if run.test_iters and state.exit_reason is None:
+            evaluate_test(args, run.model, run.test_iters, state, run.forward)
+        torch.distributed.barrier()
+        return state
