@@ -99,5 +99,13 @@ def no_effect_notes(args: argparse.Namespace) -> List[str]:
     return [f"{flag} has no effect: {why}" for flag, given, why in _NO_EFFECT if given(args)]
 
 
+def device_notes(args: argparse.Namespace) -> List[str]:
+    """Flags that change nothing on the device the run resolved to (known after start-up)."""
+    if not args.gradient_accumulation_fusion and args.device != "cpu":
+        return ["--no-gradient-accumulation-fusion has no effect: on GPUs and NPUs the weight "
+                "gradients are never fused here (that needs apex)"]
+    return []
+
+
 def no_effect_flags() -> Sequence[str]:
     return [flag for flag, _, _ in _NO_EFFECT]

@@ -8,6 +8,7 @@ from megatron.core.tensor_parallel.layers import (
 
 from conftest import TINY_LLAMA
 from test_inference_generate import single_process_env
+from modellink.modellink_flags import device_notes
 from modellink.patches import grad_accumulation
 
 
@@ -96,3 +97,13 @@ def test_training_with_and_without_the_fusion_agrees(monkeypatch):
     assert backward_calls == []
     assert fused_loss == pytest.approx(loss, rel=1e-6)
     assert fused_norm == pytest.approx(norm, rel=1e-6)
+
+
+def test_turning_the_fusion_off_where_it_never_runs_is_logged():
+    from argparse import Namespace
+
+    for device in ("cuda", "npu"):
+        notes = device_notes(Namespace(device=device, gradient_accumulation_fusion=False))
+        assert notes and notes[0].startswith("--no-gradient-accumulation-fusion has no effect")
+    assert device_notes(Namespace(device="cpu", gradient_accumulation_fusion=False)) == []
+    assert device_notes(Namespace(device="cuda", gradient_accumulation_fusion=True)) == []

@@ -12,6 +12,7 @@ import torch
 
 from modellink.arguments import ArgumentError, parse_args, validate_training_run
 from modellink.data.tokenizers import build_tokenizer
+from modellink.modellink_flags import device_notes
 from modellink.models.gpt import transformer_config_from_args
 from modellink.models.layer_spec import operator_paths
 from modellink.models.lora import lora_enabled
@@ -120,6 +121,7 @@ def training_session(args: argparse.Namespace, tokenizer: Any) -> Iterator[Train
     """Process groups, model, optimizer, checkpoint and data for parsed arguments; the process
     groups are torn down on exit, so a process (or benchmark) can open another."""
     backend = initialize(args)
+    args.compatibility_notes += device_notes(args)
     try:
         config = transformer_config_from_args(args, backend.device)
         memory = MemoryReport(backend.device)
