@@ -19,14 +19,14 @@ def _weight_with_buffer():
     return weight
 
 
-def _two_microbatches(linear, weight, bias=None, sequence_parallel=False):
+def _two_microbatches(linear, weight):
     """Forward and backward twice, the DDP hook's add in between; the input gradients and the
     buffer the two backward passes leave."""
     torch.manual_seed(0)
     grads = []
     for _ in range(2):
         x = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
-        out = linear(x, weight, bias, True, False, sequence_parallel)
+        out = linear(x, weight, None, True, False, False)
         out.backward(torch.randn_like(out))
         if weight.grad is not None and not weight.grad_added_to_main_grad:
             weight.main_grad.add_(weight.grad)  # what megatron-core's DDP hook does

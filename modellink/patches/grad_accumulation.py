@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Callable, List, Optional
 
 import torch
+from megatron.core import parallel_state
 
 from modellink.patches.registry import Patch
 
@@ -73,7 +74,6 @@ def accumulating_linear(original: Callable) -> Callable:
         if gradient_accumulation_fusion and _fusable(input, weight, bias, sequence_parallel,
                                                      grad_output_buffer):
             if allreduce_dgrad and tp_group is None:
-                from megatron.core import parallel_state
                 tp_group = parallel_state.get_tensor_model_parallel_group()
             return _LinearAccumulatingWeightGrad.apply(input, weight,
                                                        tp_group if allreduce_dgrad else None)
